@@ -1,0 +1,129 @@
+"""The ``collector`` command: ``serve`` and ``init-db``.
+
+Operator mistakes (a bad config file, a taken port, an unreachable database during
+init-db) end with one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+
+from service.config import CONFIG_ENV, Config, ConfigError, load_config
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"collector: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        return _serve(config, args.host, args.port)
+    return _init_db(config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="collector",
+        description="Serve every row of several PostgreSQL sources, sorted by id, "
+        "within a deadline.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = (
+        f"TOML config file (default: ${CONFIG_ENV}, else an embedded PostgreSQL "
+        "with the reference data)"
+    )
+    serve = commands.add_parser("serve", help="serve GET /collect-data over HTTP")
+    serve.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
+    init = commands.add_parser("init-db", help="create each source's database, table and seed rows")
+    init.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def _load(path: Path | None) -> Config | None:
+    """The config named on the command line or in the environment; None = embedded."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return None if path is None else load_config(path)
+
+
+def _serve(config: Config | None, host: str, port: int) -> int:
+    import trio
+
+    from service.embedded import data_dir, embedded_server, reference_config
+    from service.server import ServeError, find_exception, serve
+
+    with ExitStack() as stack:
+        seed = config is None
+        if config is None:
+            directory = data_dir()
+            print(f"collector: no config given; embedded PostgreSQL in {directory}", flush=True)
+            config = reference_config(stack.enter_context(embedded_server(directory)))
+        try:
+            trio.run(partial(serve, config, host, port, seed=seed))
+        except BaseException as exc:
+            if (error := find_exception(exc, ServeError)) is None:
+                raise
+            print(f"collector: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            # Shutdown has begun; a second Ctrl-C must not interrupt stopping the
+            # embedded server half-way.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return 0
+
+
+def _init_db(config: Config | None) -> int:
+    from service.dbinit import InitError, init_source
+    from service.embedded import data_dir, embedded_server, reference_config
+
+    async def init_all(config: Config) -> None:
+        for source in config.sources:
+            report = await init_source(source)
+            created = ", database created" if report.created_database else ""
+            print(f"collector: {report.source}: {report.inserted_rows} rows added{created}")
+
+    with ExitStack() as stack:
+        if config is None:
+            config = reference_config(stack.enter_context(embedded_server(data_dir())))
+        try:
+            asyncio.run(init_all(config))
+        except InitError as exc:
+            print(f"collector: init-db failed: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Configuration: the TOML file format, its validation, and the units it speaks in.
+
+A config file is a public contract, so it is validated strictly: unknown keys are
+rejected (a typo such as ``timout`` must not silently fall back to a default) and
+every problem is reported as one line naming the file and the offending key.
+
+```toml
+timeout = 2.0                 # seconds each source may take; missing = 2.0
+[[sources]]
+name = "source_1"
+dsn = "postgresql://user@127.0.0.1:5432/source_1"
+table = "data_1"
+access = "raw"                # "raw" (asyncpg + SQL) or "orm" (SQLAlchemy)
+pool_size = 10                # optional: connections kept for this source
+```
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+#: Seconds a source may take before it counts as missing (the product's contract).
+DEFAULT_TIMEOUT = 2.0
+#: Upper bound for ``timeout``: a deadline longer than this is a misconfiguration.
+MAX_TIMEOUT = 600.0
+#: Connections kept per source unless ``pool_size`` says otherwise.
+DEFAULT_POOL_SIZE = 10
+MAX_POOL_SIZE = 100
+#: Environment variable that may name the config file instead of ``--config``.
+CONFIG_ENV = "COLLECTOR_CONFIG"
+
+# Source names appear in HTTP headers (Server-Timing metric names are RFC 9110
+# tokens), so they are restricted to characters that never need quoting.
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Table names are spliced into SQL as quoted identifiers; the pattern keeps them to
+# plain PostgreSQL identifiers (63 bytes) so quoting can never be escaped.
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_DSN_SCHEMES = ("postgresql", "postgres")
+_TOP_KEYS = frozenset({"timeout", "sources"})
+_SOURCE_KEYS = frozenset({"name", "dsn", "table", "access", "pool_size"})
+_REQUIRED_SOURCE_KEYS = ("name", "dsn", "table", "access")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line for the operator."""
+
+
+class Access(StrEnum):
+    """How a source is read: hand-written SQL over asyncpg, or the SQLAlchemy ORM."""
+
+    RAW = "raw"
+    ORM = "orm"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """One data source: where it is, which table holds its rows, how to read it."""
+
+    name: str
+    dsn: str = field(repr=False)
+    table: str
+    access: Access
+    pool_size: int = DEFAULT_POOL_SIZE
+
+    @property
+    def safe_dsn(self) -> str:
+        """The DSN with any password masked, for logs and messages."""
+        return redact_dsn(self.dsn)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole service configuration."""
+
+    sources: tuple[SourceConfig, ...]
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def redact_dsn(dsn: str) -> str:
+    """Mask the password of a DSN (in the userinfo or a ``password=`` parameter)."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}:***@{hostinfo}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        # An unparsable DSN may still hold a secret; never echo it.
+        return "<unparsable dsn>"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config file; raise ConfigError with a one-line reason."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate an already-decoded config mapping."""
+    _reject_unknown(data, _TOP_KEYS, "")
+    timeout = _parse_timeout(data.get("timeout", DEFAULT_TIMEOUT))
+    raw_sources = data.get("sources")
+    if raw_sources is None:
+        raise ConfigError("missing key 'sources' (at least one [[sources]] table)")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise ConfigError("'sources' must be a non-empty array of tables ([[sources]])")
+    sources = tuple(_parse_source(item, index) for index, item in enumerate(raw_sources))
+    seen: set[str] = set()
+    for source in sources:
+        if source.name in seen:
+            raise ConfigError(f"duplicate source name {source.name!r}")
+        seen.add(source.name)
+    return Config(sources=sources, timeout=timeout)
+
+
+def _parse_timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"'timeout' must be a number of seconds, got {value!r}")
+    timeout = float(value)
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ConfigError(f"'timeout' must be > 0 and <= {MAX_TIMEOUT:g} seconds, got {value!r}")
+    return timeout
+
+
+def _parse_source(item: object, index: int) -> SourceConfig:
+    where = f"sources[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a table with keys {', '.join(_REQUIRED_SOURCE_KEYS)}")
+    _reject_unknown(item, _SOURCE_KEYS, where + ": ")
+    for key in _REQUIRED_SOURCE_KEYS:
+        if key not in item:
+            raise ConfigError(f"{where}: missing key {key!r}")
+        if not isinstance(item[key], str):
+            raise ConfigError(f"{where}.{key}: must be a string")
+    name, dsn, table, access = (item[key] for key in _REQUIRED_SOURCE_KEYS)
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{where}.name: {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    where = f"source {name!r}"
+    if urlsplit(dsn).scheme not in _DSN_SCHEMES:
+        raise ConfigError(f"{where}: dsn must start with postgresql:// (got {redact_dsn(dsn)!r})")
+    if not _TABLE_RE.fullmatch(table):
+        raise ConfigError(
+            f"{where}: table {table!r} is not a plain identifier "
+            "(a letter or '_', then letters, digits or '_', at most 63)"
+        )
+    try:
+        mode = Access(access)
+    except ValueError:
+        modes = " or ".join(repr(m.value) for m in Access)
+        raise ConfigError(f"{where}: unknown access mode {access!r} (use {modes})") from None
+    pool_size = item.get("pool_size", DEFAULT_POOL_SIZE)
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int):
+        raise ConfigError(f"{where}: pool_size must be an integer")
+    if not 1 <= pool_size <= MAX_POOL_SIZE:
+        raise ConfigError(f"{where}: pool_size must be between 1 and {MAX_POOL_SIZE}")
+    return SourceConfig(name=name, dsn=dsn, table=table, access=mode, pool_size=pool_size)
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )

@@ -1,0 +1,138 @@
+"""Create each configured source's database, table and reference rows.
+
+``schema.sql`` and ``seed.sql`` at the top of the repository are the single source
+of truth; they are written for psql (``psql -v table=data_1 -f schema.sql``) and
+this module applies them the same way, substituting psql's ``:"var"`` (identifier)
+and ``:'var'`` (literal) references. Everything here is idempotent.
+
+The functions are asyncio-flavoured: ``collector init-db`` runs them with
+``asyncio.run``, the server through its trio-asyncio bridge.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import asyncpg
+
+from service.config import SourceConfig
+from service.sources.raw import quote_identifier
+
+#: Seconds to wait for each connection made while initialising.
+CONNECT_TIMEOUT = 10.0
+#: The database to connect to when the source's own database must be created.
+MAINTENANCE_DATABASE = "postgres"
+
+_PSQL_VARIABLE = re.compile(r""":(?P<quote>["'])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
+
+
+class InitError(Exception):
+    """A source could not be initialised; the message names it (without secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    """What ``init-db`` did for one source."""
+
+    source: str
+    created_database: bool
+    inserted_rows: int
+
+
+def sql_file(name: str) -> str:
+    """The text of ``schema.sql`` or ``seed.sql``, installed or in a checkout."""
+    packaged = resources.files("service").joinpath("sql", name)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / name).read_text(encoding="utf-8")
+
+
+def render_psql(sql: str, variables: Mapping[str, str]) -> str:
+    """Substitute psql variable references the way ``psql -v`` does."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in variables:
+            raise KeyError(f"SQL refers to undefined variable {name!r}")
+        value = variables[name]
+        if match["quote"] == '"':
+            return quote_identifier(value)
+        return "'" + value.replace("'", "''") + "'"
+
+    return _PSQL_VARIABLE.sub(substitute, sql)
+
+
+async def init_source(source: SourceConfig) -> InitReport:
+    """Create the source's database if missing, then its table and seed rows."""
+    created = await _ensure_database(source)
+    variables = {"table": source.table}
+    schema = render_psql(sql_file("schema.sql"), variables)
+    seed = render_psql(sql_file("seed.sql"), variables)
+    try:
+        connection = await asyncpg.connect(source.dsn, timeout=CONNECT_TIMEOUT)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise InitError(f"source {source.name!r}: cannot connect: {exc}") from None
+    try:
+        async with connection.transaction():
+            await connection.execute(schema)
+            status = await connection.execute(seed)
+    except asyncpg.PostgresError as exc:
+        raise InitError(f"source {source.name!r}: {exc}") from None
+    finally:
+        await connection.close()
+    # The status of an INSERT is "INSERT 0 <rows>".
+    return InitReport(source.name, created, int(status.rsplit(" ", 1)[-1]))
+
+
+async def _ensure_database(source: SourceConfig) -> bool:
+    try:
+        connection = await asyncpg.connect(source.dsn, timeout=CONNECT_TIMEOUT)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise InitError(f"source {source.name!r}: cannot connect: {exc}") from None
+    else:
+        await connection.close()
+        return False
+    try:
+        admin = await asyncpg.connect(
+            source.dsn, database=MAINTENANCE_DATABASE, timeout=CONNECT_TIMEOUT
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise InitError(
+            f"source {source.name!r}: database missing and cannot connect to "
+            f"{MAINTENANCE_DATABASE!r} to create it: {exc}"
+        ) from None
+    try:
+        database = _database_name(source.dsn)
+        await admin.execute(f"CREATE DATABASE {quote_identifier(database)}")
+    except asyncpg.DuplicateDatabaseError:
+        return False  # created concurrently by someone else: fine
+    except asyncpg.PostgresError as exc:
+        raise InitError(f"source {source.name!r}: cannot create database: {exc}") from None
+    finally:
+        await admin.close()
+    return True
+
+
+def _database_name(dsn: str) -> str:
+    """The database a DSN names, with libpq's defaults (the user name, then the OS user)."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    return (
+        query.get("dbname")
+        or query.get("database")
+        or unquote(parts.path.lstrip("/"))
+        or os.environ.get("PGDATABASE")
+        or query.get("user")
+        or unquote(parts.username or "")
+        or os.environ.get("PGUSER")
+        or getpass.getuser()
+    )

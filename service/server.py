@@ -1,0 +1,105 @@
+"""Serving: the asyncio bridge, the sources and Hypercorn's Trio worker, nested.
+
+Everything is opened in one structured block, so shutdown runs in reverse order:
+Hypercorn stops accepting and lets in-flight requests finish, then the pools
+close, then the asyncio loop. The trio-asyncio loop is handed to the sources
+explicitly: its ContextVar would not reach Hypercorn's request tasks otherwise.
+
+This is the only module that imports ``trio_asyncio``, which patches asyncio for
+the whole process; ``collector init-db`` never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from functools import partial
+from typing import TypeVar
+
+import hypercorn.trio
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+
+from service.config import Config
+from service.core import Collector
+from service.dbinit import init_source
+from service.sources import open_sources
+from service.sources.bridge import AsyncioBridge
+from service.web import create_app
+
+log = logging.getLogger("collector.server")
+
+E = TypeVar("E", bound=BaseException)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+#: Seconds in-flight requests get to finish at shutdown, beyond the source deadline.
+SHUTDOWN_GRACE = 1.0
+
+
+class ServeError(Exception):
+    """The server could not start (e.g. the port is taken); one line for the operator."""
+
+
+def hypercorn_config(host: str, port: int, timeout: float) -> HypercornConfig:
+    """Hypercorn settings for one worker bound to ``host:port``."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = timeout + SHUTDOWN_GRACE
+    config.accesslog = None
+    # Handing Hypercorn a logger (rather than "-") keeps it from attaching a
+    # second stderr handler: its lines then go through ours, in our format.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    config: Config,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    seed: bool = False,
+) -> None:
+    """Serve ``config`` until SIGINT or SIGTERM; ``seed`` first runs init-db on every source."""
+    async with trio_asyncio.open_loop() as loop:
+        bridge = AsyncioBridge(loop)
+        if seed:
+            for source in config.sources:
+                report = await bridge.run(init_source, source)
+                log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
+        async with open_sources(config, bridge) as sources, trio.open_nursery() as nursery:
+            app = create_app(Collector(sources, config.timeout))
+            hconfig = hypercorn_config(host, port, config.timeout)
+            try:
+                binds: list[str] = await nursery.start(
+                    partial(hypercorn.trio.serve, app, hconfig, shutdown_trigger=_until_signal)
+                )
+            except BaseException as exc:
+                # Trio reports a failure to bind wrapped in an exception group.
+                if (bind_error := find_exception(exc, OSError)) is None:
+                    raise
+                reason = bind_error.strerror or bind_error
+                raise ServeError(f"cannot listen on {host}:{port}: {reason}") from None
+            names = ", ".join(f"{s.name} ({s.access})" for s in config.sources)
+            print(f"collector: serving {binds[0]}/collect-data from {names}", flush=True)
+
+
+def find_exception(error: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` in ``error``, looking inside (nested) exception groups."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if (found := find_exception(inner, kind)) is not None:
+                return found
+    return None
+
+
+async def _until_signal() -> None:
+    """Return on the first SIGINT or SIGTERM, which starts a graceful shutdown."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            print(f"collector: {signal.Signals(signum).name}, shutting down", file=sys.stderr)
+            return

@@ -1,0 +1,47 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+import trio_asyncio
+
+from service.config import Config
+from service.sources.bridge import AsyncioBridge
+from tests.support import pg
+from tests.support.faultproxy import FaultProxy, ProxyFactory
+
+
+@pytest.fixture
+async def asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
+    """A trio-asyncio loop for the drivers, opened for one test."""
+    async with trio_asyncio.open_loop() as loop:
+        yield AsyncioBridge(loop)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN for a real PostgreSQL server (see tests/support/pg.py for which one)."""
+    with pg.postgres_server(tmp_path_factory.mktemp("postgres")) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def reference_config(postgres_dsn: str) -> Iterator[Config]:
+    """Three freshly created and seeded reference sources on the test server."""
+    with pg.reference_databases(postgres_dsn) as config:
+        yield config
+
+
+@pytest.fixture
+def fault_proxy(nursery: trio.Nursery) -> ProxyFactory:
+    """Make a fault proxy in front of a source's server; returns it and the proxied DSN."""
+
+    async def make(dsn: str) -> tuple[FaultProxy, str]:
+        proxy = FaultProxy(pg.server_address(dsn))
+        port = await nursery.start(proxy.run)
+        return proxy, pg.through_proxy(dsn, port)
+
+    return make

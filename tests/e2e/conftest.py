@@ -1,0 +1,111 @@
+"""End-to-end fixtures: the real ``collector`` command, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from service.config import Config
+
+pytestmark = pytest.mark.e2e
+
+#: Seconds the service may take to start (the embedded server runs initdb once).
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+_SERVING = re.compile(r"serving (?P<url>http://\S+)/collect-data")
+
+
+def collector_command() -> list[str]:
+    """The installed console script, as a user runs it."""
+    script = shutil.which("collector", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "service"]
+
+
+@dataclass
+class Server:
+    url: str
+    process: trio.Process
+    output: list[str] = field(default_factory=list)
+
+
+def write_config(path: Path, config: Config, timeout: float | None = None) -> Path:
+    lines = [f"timeout = {timeout if timeout is not None else config.timeout}"]
+    for source in config.sources:
+        lines += [
+            "[[sources]]",
+            f'name = "{source.name}"',
+            f'dsn = "{source.dsn}"',
+            f'table = "{source.table}"',
+            f'access = "{source.access}"',
+            f"pool_size = {source.pool_size}",
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@asynccontextmanager
+async def running_server(
+    args: list[str], env: Mapping[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """Start ``collector serve`` on a free port; SIGTERM it afterwards and expect exit 0."""
+    command = [*collector_command(), "serve", "--port", "0", *args]
+    process = await trio.lowlevel.open_process(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    async with trio.open_nursery() as nursery:
+        lines = _lines(process.stdout)
+        url = None
+        with trio.move_on_after(START_TIMEOUT):
+            async for line in lines:
+                output.append(line)
+                if match := _SERVING.search(line):
+                    url = match["url"]
+                    break
+        if url is None:
+            process.kill()
+            await process.wait()
+            pytest.fail("collector serve did not start:\n" + "".join(output))
+
+        async def keep_reading() -> None:
+            async for line in lines:
+                output.append(line)
+
+        nursery.start_soon(keep_reading)
+        server = Server(url, process, output)
+        try:
+            yield server
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(STOP_TIMEOUT):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, "".join(output)
+
+
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
+    buffer = b""
+    while chunk := await stream.receive_some(65536):
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.decode(errors="replace") + "\n"
+    if buffer:
+        yield buffer.decode(errors="replace")

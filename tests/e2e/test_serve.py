@@ -1,0 +1,186 @@
+"""The real ``collector serve`` under Hypercorn, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from service.config import Config
+from tests.e2e.conftest import collector_command, running_server, write_config
+from tests.support import pg
+from tests.support.faultproxy import Mode, ProxyFactory
+
+pytestmark = pytest.mark.e2e
+
+REFERENCE = [{"id": i, "name": f"Test {i}"} for i in range(1, 61)]
+
+
+def timing_statuses(response: httpx.Response) -> dict[str, str]:
+    entries = [part.split(";") for part in response.headers["server-timing"].split(", ")]
+    return {entry[0]: entry[2].removeprefix('desc="').removesuffix('"') for entry in entries}
+
+
+async def test_serve_answers_with_every_reference_row_over_http(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        response = await client.get("/collect-data")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == REFERENCE
+        assert timing_statuses(response) == {
+            "source_1": "ok",
+            "source_2": "ok",
+            "source_3": "ok",
+        }
+        problem = await client.get("/collect-data", params={"after": "x"})
+        assert problem.status_code == 400
+        assert problem.headers["content-type"] == "application/problem+json"
+
+
+async def test_black_holed_and_refusing_sources_cost_at_most_the_deadline(
+    reference_config: Config, tmp_path: Path, fault_proxy: ProxyFactory
+) -> None:
+    hole, hole_dsn = await fault_proxy(reference_config.sources[0].dsn)
+    await hole.set_mode(Mode.BLACKHOLE)
+    refused_dsn = f"postgresql://postgres@127.0.0.1:{pg.unused_port()}/source_2"
+    config = Config(
+        sources=(
+            pg.source(reference_config, "source_1", dsn=hole_dsn),
+            pg.source(reference_config, "source_2", dsn=refused_dsn),
+            reference_config.sources[2],
+        ),
+        timeout=2.0,
+    )
+    config_file = write_config(tmp_path / "collector.toml", config)
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+    ):
+        for _ in range(2):  # the first and a later request (pools already created)
+            start = trio.current_time()
+            response = await client.get("/collect-data")
+            elapsed = trio.current_time() - start
+            assert response.status_code == 200
+            assert elapsed <= 2.1
+            assert [row["id"] for row in response.json()] == [*range(21, 31), *range(51, 61)]
+            assert timing_statuses(response) == {
+                "source_1": "timeout",
+                "source_2": "error",
+                "source_3": "ok",
+            }
+
+
+async def test_serve_without_config_runs_on_the_embedded_postgres(tmp_path: Path) -> None:
+    env = {"COLLECTOR_DATA_DIR": str(tmp_path / "pgdata"), "COLLECTOR_CONFIG": ""}
+    async with (
+        running_server([], env=env) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        response = await client.get("/collect-data")
+        assert response.status_code == 200
+        assert response.json() == REFERENCE
+    assert any("embedded PostgreSQL" in line for line in server.output)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*collector_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("timeout = [", "invalid TOML"),
+        ('[[sources]]\nname = "a"\ndsn = "postgresql://x/y"\ntable = "t"', "missing key 'access'"),
+        (
+            '[[sources]]\nname = "a"\ndsn = "postgresql://x/y"\ntable = "t"\naccess = "nosql"',
+            "unknown access mode 'nosql'",
+        ),
+    ],
+)
+def test_bad_config_stops_serve_with_one_line_naming_the_file(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    config_file = tmp_path / "bad.toml"
+    config_file.write_text(text, encoding="utf-8")
+    result = run_cli("serve", "--config", str(config_file), "--port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config_file) in lines[0]
+    assert reason in lines[0]
+
+
+def test_config_may_be_named_by_environment(tmp_path: Path) -> None:
+    result = run_cli("init-db", env={"COLLECTOR_CONFIG": str(tmp_path / "absent.toml")})
+    assert result.returncode == 2
+    assert "absent.toml: cannot read file" in result.stderr
+
+
+def test_init_db_creates_database_table_and_rows_idempotently(
+    postgres_dsn: str, reference_config: Config, tmp_path: Path
+) -> None:
+    fresh = pg.source(
+        reference_config,
+        "source_3",
+        dsn=pg.with_database(postgres_dsn, f"collector_test_init_{os.getpid()}"),
+    )
+    config_file = write_config(tmp_path / "c.toml", Config(sources=(fresh,)))
+    try:
+        first = run_cli("init-db", "--config", str(config_file))
+        assert first.returncode == 0, first.stderr
+        assert "source_3: 20 rows added, database created" in first.stdout
+        second = run_cli("init-db", "--config", str(config_file))
+        assert second.returncode == 0, second.stderr
+        assert "source_3: 0 rows added" in second.stdout
+    finally:
+        trio_run_drop(postgres_dsn, fresh.dsn)
+
+
+def trio_run_drop(server_dsn: str, dsn: str) -> None:
+    import trio_asyncio
+
+    trio_asyncio.run(pg._drop_all, server_dsn, [dsn])
+
+
+def test_init_db_against_unreachable_server_fails_in_one_line(tmp_path: Path) -> None:
+    dsn = f"postgresql://postgres@127.0.0.1:{pg.unused_port()}/x"
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(
+        f'[[sources]]\nname = "a"\ndsn = "{dsn}"\ntable = "t"\naccess = "raw"\n', encoding="utf-8"
+    )
+    result = run_cli("init-db", "--config", str(config_file))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "cannot connect" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_already_taken_fails_in_one_line(tmp_path: Path, reference_config: Config) -> None:
+    import socket
+
+    config_file = write_config(tmp_path / "c.toml", reference_config)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--config", str(config_file), "--port", str(port))
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

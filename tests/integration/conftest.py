@@ -1,0 +1,1 @@
+"""Integration tests: real PostgreSQL, real drivers, the fault proxy."""

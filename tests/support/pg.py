@@ -1,0 +1,174 @@
+"""Finding a real PostgreSQL server for the tests, and making throwaway databases on it.
+
+Which server: ``COLLECTOR_TEST_DSN`` if set (any database on the server; the tests
+create and drop their own), else 127.0.0.1:5432 if something answers there, else an
+embedded server started from the pgserver package in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from service.config import Config, SourceConfig
+from service.dbinit import init_source
+from service.embedded import REFERENCE_SOURCES, embedded_server
+from service.sources.bridge import AsyncioBridge
+
+TEST_DSN_ENV = "COLLECTOR_TEST_DSN"
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def postgres_server(scratch: Path) -> Iterator[str]:
+    """Yield a DSN for the server the tests should use."""
+    explicit = os.environ.get(TEST_DSN_ENV)
+    if explicit:
+        yield explicit
+    elif answers("127.0.0.1", 5432):
+        yield LOCAL_DSN
+    else:
+        with embedded_server(scratch / "pgdata") as server:
+            yield server.get_uri("postgres")
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def server_address(dsn: str) -> tuple[str, int] | str:
+    """Host and port of a DSN's server, or the path of its Unix socket."""
+    parts = urlsplit(dsn)
+    port = parts.port or 5432
+    if parts.hostname:
+        return parts.hostname, port
+    socket_dir = dict(parse_qsl(parts.query)).get("host", "/var/run/postgresql")
+    return f"{socket_dir}/.s.PGSQL.{port}"
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def reference_databases(server_dsn: str) -> Iterator[Config]:
+    """Create the three reference databases (uniquely named), seeded; drop them after."""
+    prefix = f"collector_test_{uuid.uuid4().hex[:8]}"
+    config = Config(
+        sources=tuple(
+            SourceConfig(name, with_database(server_dsn, f"{prefix}_{name}"), table, access)
+            for name, table, access in REFERENCE_SOURCES
+        )
+    )
+    trio_asyncio.run(_init_all, config)
+    try:
+        yield config
+    finally:
+        trio_asyncio.run(_drop_all, server_dsn, [s.dsn for s in config.sources])
+
+
+async def _init_all(config: Config) -> None:
+    for source in config.sources:
+        await trio_asyncio.aio_as_trio(init_source)(source)
+
+
+async def _drop_all(server_dsn: str, dsns: list[str]) -> None:
+    async def drop() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            for dsn in dsns:
+                name = urlsplit(dsn).path.lstrip("/")
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    await trio_asyncio.aio_as_trio(drop)()
+
+
+def source(config: Config, name: str, **changes: object) -> SourceConfig:
+    """A copy of the named reference source, with some fields changed."""
+    original = next(s for s in config.sources if s.name == name)
+    fields = {
+        "name": original.name,
+        "dsn": original.dsn,
+        "table": original.table,
+        "access": original.access,
+        "pool_size": original.pool_size,
+    }
+    fields.update(changes)
+    return SourceConfig(**fields)  # type: ignore[arg-type]
+
+
+def through_proxy(dsn: str, port: int) -> str:
+    """The same DSN, pointed at a proxy on 127.0.0.1:<port> (over TCP)."""
+    parts = urlsplit(dsn)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class Admin:
+    """A plain connection for the tests' own statements (locks, pg_stat_activity)."""
+
+    def __init__(self, bridge: AsyncioBridge, connection: asyncpg.Connection) -> None:
+        self.bridge = bridge
+        self.connection = connection
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        return await self.bridge.run(self.connection.fetchval, query, *args)
+
+    async def execute(self, query: str, *args: object) -> str:
+        return await self.bridge.run(self.connection.execute, query, *args)
+
+    async def active_queries(self, application_name: str) -> int:
+        """Our queries still running (or holding a transaction) in the server."""
+        count = await self.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
+            application_name,
+        )
+        assert isinstance(count, int)
+        return count
+
+
+@asynccontextmanager
+async def admin(bridge: AsyncioBridge, dsn: str) -> AsyncIterator[Admin]:
+    connection = await bridge.run(asyncpg.connect, dsn)
+    try:
+        yield Admin(bridge, connection)
+    finally:
+        with trio.CancelScope(shield=True):
+            await bridge.run(connection.close)
+
+
+@asynccontextmanager
+async def locked_table(bridge: AsyncioBridge, dsn: str, table: str) -> AsyncIterator[None]:
+    """Hold an ACCESS EXCLUSIVE lock on ``table``: every read of it blocks in the server."""
+    async with admin(bridge, dsn) as holder:
+        await holder.execute("BEGIN")
+        await holder.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await holder.execute("ROLLBACK")

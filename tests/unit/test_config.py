@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import DEFAULT_POOL_SIZE, Access, ConfigError, load_config, redact_dsn
+
+VALID = """
+timeout = 1.5
+[[sources]]
+name = "source_1"
+dsn = "postgresql://user:secret@127.0.0.1:5432/source_1"
+table = "data_1"
+access = "raw"
+[[sources]]
+name = "source_2"
+dsn = "postgres://user@127.0.0.1/source_2"
+table = "data_2"
+access = "orm"
+pool_size = 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "collector.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_valid_config_is_loaded_with_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert config.timeout == 1.5
+    first, second = config.sources
+    assert (first.name, first.table, first.access, first.pool_size) == (
+        "source_1",
+        "data_1",
+        Access.RAW,
+        DEFAULT_POOL_SIZE,
+    )
+    assert (second.access, second.pool_size) == (Access.ORM, 3)
+
+
+def test_timeout_defaults_to_two_seconds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID.replace("timeout = 1.5", "")))
+    assert config.timeout == 2.0
+
+
+def test_password_never_appears_in_a_source_repr(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert "secret" not in repr(config)
+    assert config.sources[0].safe_dsn == "postgresql://user:***@127.0.0.1:5432/source_1"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("timeout = ", "invalid TOML"),
+        ("timeout = 2.0", "missing key 'sources'"),
+        ("sources = []", "non-empty array"),
+        ("timout = 2.0\n" + VALID, "unknown key 'timout'"),
+        (VALID.replace("timeout = 1.5", "timeout = 0"), "'timeout' must be > 0"),
+        (VALID.replace("timeout = 1.5", 'timeout = "2"'), "'timeout' must be a number"),
+        (VALID.replace("timeout = 1.5", "timeout = true"), "'timeout' must be a number"),
+        (VALID.replace('access = "orm"', 'access = "odbc"'), "unknown access mode 'odbc'"),
+        (VALID.replace('table = "data_1"\n', ""), "sources[0]: missing key 'table'"),
+        (VALID.replace('name = "source_2"', 'name = "source_1"'), "duplicate source name"),
+        (VALID.replace("pool_size = 3", "pool_size = 0"), "pool_size must be between"),
+        (VALID.replace('access = "raw"', 'access = "raw"\nextra = 1'), "unknown key 'extra'"),
+        (VALID.replace('name = "source_1"', 'name = "a b"'), "must be 1-64 characters"),
+        (VALID.replace("postgres://user@", "mysql://user@"), "dsn must start with postgresql"),
+        (
+            VALID.replace('table = "data_1"', 'table = "data_1; DROP TABLE data_1"'),
+            "is not a plain identifier",
+        ),
+        (VALID.replace('table = "data_1"', 'table = "data_1\\""'), "is not a plain identifier"),
+    ],
+)
+def test_bad_config_is_rejected_with_a_one_line_reason(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    reason = str(caught.value)
+    assert reason.startswith(f"{path}: ")
+    assert message in reason
+    assert "\n" not in reason
+    assert "secret" not in reason
+
+
+def test_missing_file_is_reported_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read file"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("dsn", "redacted"),
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h/db?user=u&password=pw", "postgresql://h/db?user=u&password=***"),
+        ("postgresql://u:@/db?host=/run/pg", "postgresql://u:***@/db?host=/run/pg"),
+    ],
+)
+def test_dsn_passwords_are_redacted(dsn: str, redacted: str) -> None:
+    assert redact_dsn(dsn) == redacted

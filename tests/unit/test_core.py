@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import pytest
+import trio
+
+from service.core import Collector, Row, Status, describe_error, merge_by_id
+from tests.unit.fakes import FakeSource, rows
+
+TIMEOUT = 2.0
+
+
+def reference_sources(**overrides: FakeSource) -> list[FakeSource]:
+    sources = {
+        "source_1": FakeSource("source_1", rows(*range(1, 11), *range(31, 41))),
+        "source_2": FakeSource("source_2", rows(*range(11, 21), *range(41, 51))),
+        "source_3": FakeSource("source_3", rows(*range(21, 31), *range(51, 61))),
+    }
+    sources.update(overrides)
+    return list(sources.values())
+
+
+async def test_rows_from_all_sources_are_merged_sorted_by_id() -> None:
+    collection = await Collector(reference_sources(), TIMEOUT).collect()
+    assert [row.id for row in collection.rows] == list(range(1, 61))
+    assert collection.rows[0] == Row(1, "Test 1")
+    assert collection.complete
+    assert [o.status for o in collection.outcomes] == [Status.OK] * 3
+    assert [o.rows for o in collection.outcomes] == [20, 20, 20]
+
+
+async def test_slow_source_is_dropped_at_deadline(autojump_clock: trio.abc.Clock) -> None:
+    slow = FakeSource("source_2", rows(11, 12), delay=60.0)
+    start = trio.current_time()
+    collection = await Collector(reference_sources(source_2=slow), TIMEOUT).collect()
+    assert trio.current_time() - start == pytest.approx(TIMEOUT)
+    assert slow.cancelled == 1
+    assert [row.id for row in collection.rows] == [*range(1, 11), *range(21, 41), *range(51, 61)]
+    timeout = collection.outcomes[1]
+    assert (timeout.source, timeout.status, timeout.rows) == ("source_2", Status.TIMEOUT, 0)
+    assert timeout.duration == pytest.approx(TIMEOUT)
+    assert not collection.complete
+    assert collection.missing == ("source_2",)
+
+
+async def test_source_answering_just_before_deadline_is_kept(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    late = FakeSource("source_3", rows(21), delay=TIMEOUT - 0.001)
+    collection = await Collector(reference_sources(source_3=late), TIMEOUT).collect()
+    assert collection.outcomes[2].status is Status.OK
+    assert Row(21, "Test 21") in collection.rows
+
+
+async def test_sources_are_queried_concurrently(autojump_clock: trio.abc.Clock) -> None:
+    sources = [FakeSource(f"s{i}", rows(i), delay=1.5) for i in range(5)]
+    start = trio.current_time()
+    collection = await Collector(sources, TIMEOUT).collect()
+    assert trio.current_time() - start == pytest.approx(1.5)
+    assert collection.complete
+
+
+async def test_response_waits_for_slowest_source_within_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sources = [FakeSource("fast", rows(2), delay=0.1), FakeSource("slow", rows(1), delay=1.9)]
+    collection = await Collector(sources, TIMEOUT).collect()
+    assert [row.id for row in collection.rows] == [1, 2]
+    assert collection.outcomes[1].duration == pytest.approx(1.9)
+
+
+async def test_failing_source_does_not_fail_its_siblings() -> None:
+    broken = FakeSource("source_1", error=ConnectionRefusedError(111, "Connection refused"))
+    collection = await Collector(reference_sources(source_1=broken), TIMEOUT).collect()
+    assert len(collection.rows) == 40
+    outcome = collection.outcomes[0]
+    assert outcome.status is Status.ERROR
+    assert outcome.error == "ConnectionRefusedError: [Errno 111] Connection refused"
+
+
+async def test_driver_timeout_counts_as_timeout() -> None:
+    source = FakeSource("source_1", error=TimeoutError())
+    collection = await Collector(reference_sources(source_1=source), TIMEOUT).collect()
+    assert collection.outcomes[0].status is Status.TIMEOUT
+    assert collection.outcomes[0].error == "TimeoutError"
+
+
+async def test_every_source_failing_gives_an_empty_result(autojump_clock: trio.abc.Clock) -> None:
+    sources = [
+        FakeSource("a", error=RuntimeError("boom")),
+        FakeSource("b", delay=30.0),
+        FakeSource("c", error=OSError("unreachable")),
+    ]
+    collection = await Collector(sources, TIMEOUT).collect()
+    assert collection.rows == []
+    assert [o.status for o in collection.outcomes] == [Status.ERROR, Status.TIMEOUT, Status.ERROR]
+    assert collection.missing == ("a", "b", "c")
+
+
+async def test_cancellation_from_outside_abandons_every_source(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sources = [FakeSource("a", delay=1.0), FakeSource("b", delay=1.0)]
+    with trio.move_on_after(0.5) as scope:
+        await Collector(sources, TIMEOUT).collect()
+    assert scope.cancelled_caught
+    assert [s.cancelled for s in sources] == [1, 1]
+
+
+async def test_each_collection_asks_every_source_again() -> None:
+    sources = reference_sources()
+    collector = Collector(sources, TIMEOUT)
+    await collector.collect()
+    await collector.collect()
+    assert [s.calls for s in sources] == [2, 2, 2]
+
+
+def test_merge_sorts_rows_a_source_returned_out_of_order() -> None:
+    merged = merge_by_id([rows(3, 1, 2), rows(5, 4)])
+    assert [row.id for row in merged] == [1, 2, 3, 4, 5]
+
+
+def test_merge_keeps_duplicate_ids_in_source_order() -> None:
+    merged = merge_by_id([[Row(7, "first")], [Row(7, "second")], [Row(6, "x")]])
+    assert merged == [Row(6, "x"), Row(7, "first"), Row(7, "second")]
+
+
+def test_error_description_is_one_short_line() -> None:
+    text = describe_error(ValueError("line one\nline two" + "x" * 500))
+    assert text == "ValueError: line one"
+    assert len(describe_error(ValueError("y" * 1000))) == 200
+
+
+def test_collector_rejects_non_positive_timeout() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Collector([], 0)

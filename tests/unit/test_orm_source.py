@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql import Select
+
+from service.core import Row
+from service.sources.base import SourceDataError
+from service.sources.bridge import AsyncioBridge
+from service.sources.orm import OrmSource, mapped_row_class
+
+
+class FakeSession:
+    """Stands in for AsyncSession: records statements, returns prepared objects."""
+
+    def __init__(self, objects: list[Any]) -> None:
+        self.objects = objects
+        self.statements: list[Select[Any]] = []
+        self.closed = False
+
+    async def scalars(self, statement: Select[Any]) -> list[Any]:
+        self.statements.append(statement)
+        return self.objects
+
+
+def session_factory(session: FakeSession) -> Any:
+    @asynccontextmanager
+    async def open_session() -> AsyncIterator[FakeSession]:
+        try:
+            yield session
+        finally:
+            session.closed = True
+
+    return open_session
+
+
+def compiled(statement: Select[Any]) -> str:
+    return " ".join(str(statement.compile(dialect=postgresql.dialect())).split())
+
+
+async def test_orm_source_reads_mapped_objects_ordered_by_id(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    model = mapped_row_class("data_2")
+    session = FakeSession([model(id=11, name="Test 11"), model(id=41, name=None)])
+    source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
+    assert await source.fetch() == [Row(11, "Test 11"), Row(41, None)]
+    assert compiled(session.statements[0]) == (
+        "SELECT data_2.id, data_2.name FROM data_2 ORDER BY data_2.id"
+    )
+    assert session.closed
+
+
+async def test_orm_source_refuses_objects_of_the_wrong_shape(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    model = mapped_row_class("data_2")
+    session = FakeSession([model(id="eleven", name="x")])
+    source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
+    with pytest.raises(SourceDataError, match="id must be an integer"):
+        await source.fetch()
+
+
+def test_two_sources_may_map_the_same_table_name() -> None:
+    first, second = mapped_row_class("data_1"), mapped_row_class("data_1")
+    assert first is not second
+    assert first.__table__ is not second.__table__  # type: ignore[attr-defined]

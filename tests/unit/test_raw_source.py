@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.core import Row
+from service.sources.base import DriverLimits, SourceDataError
+from service.sources.bridge import AsyncioBridge
+from service.sources.raw import RawSource, select_all_sql
+
+LIMITS = DriverLimits.for_source("source_1", 2.0)
+
+
+class FakeConnection:
+    def __init__(self, records: Sequence[Mapping[str, Any]], error: Exception | None) -> None:
+        self.records = records
+        self.error = error
+        self.queries: list[tuple[str, float | None]] = []
+
+    async def fetch(
+        self, query: str, *args: object, timeout: float | None = None
+    ) -> Sequence[Mapping[str, Any]]:
+        self.queries.append((query, timeout))
+        if self.error is not None:
+            raise self.error
+        return self.records
+
+
+class FakePool:
+    """Stands in for asyncpg.Pool: hands out one fake connection, records timeouts."""
+
+    def __init__(
+        self, records: Sequence[Mapping[str, Any]] = (), error: Exception | None = None
+    ) -> None:
+        self.connection = FakeConnection(records, error)
+        self.acquire_timeouts: list[float | None] = []
+        self.released = 0
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[FakeConnection]:
+        try:
+            yield self.connection
+        finally:
+            self.released += 1
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        self.acquire_timeouts.append(timeout)
+        return self._acquire()
+
+
+def make_source(pool: FakePool, bridge: AsyncioBridge, table: str = "data_1") -> RawSource:
+    return RawSource("source_1", table, pool, bridge, LIMITS)
+
+
+async def test_raw_source_reads_rows_with_one_ordered_select(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    pool = FakePool([{"id": 1, "name": "Test 1"}, {"id": 31, "name": None}])
+    rows = await make_source(pool, asyncio_bridge).fetch()
+    assert rows == [Row(1, "Test 1"), Row(31, None)]
+    assert pool.connection.queries == [
+        ('SELECT id, name FROM "data_1" ORDER BY id', LIMITS.timeout)
+    ]
+    assert pool.released == 1
+
+
+async def test_raw_source_bounds_every_driver_wait_below_the_deadline(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    pool = FakePool([])
+    await make_source(pool, asyncio_bridge).fetch()
+    assert pool.acquire_timeouts == [LIMITS.timeout]
+    assert 0 < LIMITS.timeout < 2.0
+
+
+async def test_raw_source_returns_the_connection_when_the_query_fails(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    pool = FakePool(error=asyncpg.UndefinedTableError('relation "data_1" does not exist'))
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await make_source(pool, asyncio_bridge).fetch()
+    assert pool.released == 1
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"id": "1", "name": "x"}, "id must be an integer, got str"),
+        ({"id": True, "name": "x"}, "id must be an integer, got bool"),
+        ({"id": 1, "name": 5}, "name must be text or NULL, got int"),
+    ],
+)
+async def test_raw_source_refuses_rows_of_the_wrong_shape(
+    asyncio_bridge: AsyncioBridge, record: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SourceDataError, match=message):
+        await make_source(FakePool([record]), asyncio_bridge).fetch()
+
+
+def test_table_name_is_quoted_as_an_identifier() -> None:
+    assert select_all_sql('we"ird') == 'SELECT id, name FROM "we""ird" ORDER BY id'
+
+
+def test_driver_limits_sit_just_below_the_deadline() -> None:
+    limits = DriverLimits.for_source("s", 2.0)
+    assert limits.timeout == pytest.approx(1.95)
+    assert limits.statement_timeout_ms == 2000
+    assert DriverLimits.for_source("s", 0.1).timeout == pytest.approx(0.09)
+    assert limits.server_settings() == {
+        "application_name": "collector:s",
+        "statement_timeout": "2000",
+    }
