@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from service.config import Config
+from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import collector_command, running_server, write_config
 from tests.support import pg
 from tests.support.faultproxy import Mode, ProxyFactory
@@ -184,3 +185,26 @@ def test_port_already_taken_fails_in_one_line(tmp_path: Path, reference_config: 
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_client_that_disconnects_leaves_no_query_running(
+    reference_config: Config, tmp_path: Path, asyncio_bridge: AsyncioBridge
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config, timeout=10.0)
+    first = reference_config.sources[0]
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        pg.admin(asyncio_bridge, first.dsn) as admin,
+    ):
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        async with pg.locked_table(asyncio_bridge, first.dsn, first.table):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /collect-data HTTP/1.1\r\nHost: x\r\n\r\n")
+            with trio.fail_after(5):  # wait until the query is blocked on the lock
+                for _ in range(100):
+                    if await admin.active_queries("collector:source_1"):
+                        break
+                    await trio.sleep(0.05)
+            await stream.aclose()  # the client gives up long before the 10 s deadline
+            await trio.sleep(0.2)
+            assert await admin.active_queries("collector:source_1") == 0
