@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from service.config import CONFIG_ENV, Config, ConfigError, load_config
+from service.logs import setup_logging
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -26,9 +27,7 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(logging.INFO)
     try:
         config = _load(args.config)
     except ConfigError as exc:

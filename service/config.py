@@ -12,11 +12,15 @@ dsn = "postgresql://user@127.0.0.1:5432/source_1"
 table = "data_1"
 access = "raw"                # "raw" (asyncpg + SQL) or "orm" (SQLAlchemy)
 pool_size = 10                # optional: connections kept for this source
+ids = [[1, 10], [31, 40]]     # optional: the id ranges this source holds
+breaker_failures = 5          # optional: failures in a row that open its breaker (0: never)
+breaker_cooldown = 10.0       # optional: seconds before an open breaker lets a trial through
 ```
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import tomllib
@@ -27,6 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from service.breaker import BreakerSettings
+from service.core import IdRanges
+
 #: Seconds a source may take before it counts as missing (the product's contract).
 DEFAULT_TIMEOUT = 2.0
 #: Upper bound for ``timeout``: a deadline longer than this is a misconfiguration.
@@ -34,6 +41,8 @@ MAX_TIMEOUT = 600.0
 #: Connections kept per source unless ``pool_size`` says otherwise.
 DEFAULT_POOL_SIZE = 10
 MAX_POOL_SIZE = 100
+#: Longest breaker cool-down accepted, in seconds.
+MAX_COOLDOWN = 3600.0
 #: Environment variable that may name the config file instead of ``--config``.
 CONFIG_ENV = "COLLECTOR_CONFIG"
 
@@ -45,7 +54,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
 _TOP_KEYS = frozenset({"timeout", "sources"})
-_SOURCE_KEYS = frozenset({"name", "dsn", "table", "access", "pool_size"})
+_SOURCE_KEYS = frozenset(
+    {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
+)
 _REQUIRED_SOURCE_KEYS = ("name", "dsn", "table", "access")
 
 
@@ -69,11 +80,19 @@ class SourceConfig:
     table: str
     access: Access
     pool_size: int = DEFAULT_POOL_SIZE
+    ids: IdRanges | None = None
+    """The id ranges the source holds, inclusive, sorted; None when undeclared."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
     @property
     def safe_dsn(self) -> str:
         """The DSN with any password masked, for logs and messages."""
         return redact_dsn(self.dsn)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The DSN's passwords, to be masked wherever a message might quote them."""
+        return dsn_secrets(self.dsn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,17 @@ def redact_dsn(dsn: str) -> str:
     except ValueError:
         # An unparsable DSN may still hold a secret; never echo it.
         return "<unparsable dsn>"
+
+
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The passwords a DSN carries, in the userinfo or as a ``password=`` parameter."""
+    try:
+        parts = urlsplit(dsn)
+        found = [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:
+        return ()
+    return tuple(secret for secret in found if secret)
 
 
 def load_config(path: Path) -> Config:
@@ -183,7 +213,54 @@ def _parse_source(item: object, index: int) -> SourceConfig:
         raise ConfigError(f"{where}: pool_size must be an integer")
     if not 1 <= pool_size <= MAX_POOL_SIZE:
         raise ConfigError(f"{where}: pool_size must be between 1 and {MAX_POOL_SIZE}")
-    return SourceConfig(name=name, dsn=dsn, table=table, access=mode, pool_size=pool_size)
+    ids = _parse_ids(item["ids"], where) if "ids" in item else None
+    return SourceConfig(
+        name=name,
+        dsn=dsn,
+        table=table,
+        access=mode,
+        pool_size=pool_size,
+        ids=ids,
+        breaker=_parse_breaker(item, where),
+    )
+
+
+def _parse_ids(value: object, where: str) -> IdRanges:
+    problem = f"{where}: ids must be a list of [first, last] integer pairs, e.g. [[1, 10]]"
+    if not isinstance(value, list) or not value:
+        raise ConfigError(problem)
+    ranges: list[tuple[int, int]] = []
+    for pair in value:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+        ):
+            raise ConfigError(problem)
+        first, last = pair
+        if first > last:
+            raise ConfigError(f"{where}: ids range [{first}, {last}] ends before it starts")
+        ranges.append((first, last))
+    ranges.sort()
+    for (_, last), (first, _) in itertools.pairwise(ranges):
+        if first <= last:
+            raise ConfigError(f"{where}: ids ranges overlap at {first}")
+    return tuple(ranges)
+
+
+def _parse_breaker(item: Mapping[str, Any], where: str) -> BreakerSettings:
+    defaults = BreakerSettings()
+    failures = item.get("breaker_failures", defaults.failures)
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+        raise ConfigError(f"{where}: breaker_failures must be a whole number >= 0")
+    cooldown = item.get("breaker_cooldown", defaults.cooldown)
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int | float):
+        raise ConfigError(f"{where}: breaker_cooldown must be a number of seconds")
+    if not math.isfinite(cooldown) or not 0 <= cooldown <= MAX_COOLDOWN:
+        raise ConfigError(
+            f"{where}: breaker_cooldown must be between 0 and {MAX_COOLDOWN:g} seconds"
+        )
+    return BreakerSettings(failures=failures, cooldown=float(cooldown))
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:

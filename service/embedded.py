@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Protocol
 
 from service.config import DEFAULT_TIMEOUT, Access, Config, SourceConfig
+from service.core import IdRanges
 
 #: Environment variable that overrides where the embedded server keeps its data.
 DATA_DIR_ENV = "COLLECTOR_DATA_DIR"
 
-#: The reference layout: (source name, table, access mode).
-REFERENCE_SOURCES: tuple[tuple[str, str, Access], ...] = (
-    ("source_1", "data_1", Access.RAW),
-    ("source_2", "data_2", Access.ORM),
-    ("source_3", "data_3", Access.RAW),
+#: The reference layout: (source name, table, access mode, id ranges).
+REFERENCE_SOURCES: tuple[tuple[str, str, Access, IdRanges], ...] = (
+    ("source_1", "data_1", Access.RAW, ((1, 10), (31, 40))),
+    ("source_2", "data_2", Access.ORM, ((11, 20), (41, 50))),
+    ("source_3", "data_3", Access.RAW, ((21, 30), (51, 60))),
 )
 
 
@@ -67,8 +68,8 @@ def reference_config(server: EmbeddedServer, timeout: float = DEFAULT_TIMEOUT) -
     """The reference three-source layout on ``server``."""
     return Config(
         sources=tuple(
-            SourceConfig(name=name, dsn=server.get_uri(name), table=table, access=access)
-            for name, table, access in REFERENCE_SOURCES
+            SourceConfig(name=name, dsn=server.get_uri(name), table=table, access=access, ids=ids)
+            for name, table, access, ids in REFERENCE_SOURCES
         ),
         timeout=timeout,
     )

@@ -69,8 +69,8 @@ async def serve(
             for source in config.sources:
                 report = await bridge.run(init_source, source)
                 log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
-        async with open_sources(config, bridge) as sources, trio.open_nursery() as nursery:
-            app = create_app(Collector(sources, config.timeout))
+        async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
+            app = create_app(Collector(members, config.timeout))
             hconfig = hypercorn_config(host, port, config.timeout)
             try:
                 binds: list[str] = await nursery.start(

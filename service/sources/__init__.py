@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from service.config import Access, Config
-from service.core import Source
+from service.core import Member, Source
 from service.sources import orm, raw
 from service.sources.base import DriverLimits
 from service.sources.bridge import AsyncioBridge
@@ -28,12 +28,12 @@ CLOSE_GRACE = 5.0
 
 
 @asynccontextmanager
-async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[list[Source]]:
+async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[list[Member]]:
     """Create every configured source, and close their pools on exit.
 
     No connection is opened here: a source that is down must not delay start-up.
     """
-    sources: list[Source] = []
+    members: list[Member] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     terminators: list[Callable[[], None]] = []
     try:
@@ -43,13 +43,16 @@ async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[l
                 pool = await bridge.run(raw.create_pool, source.dsn, source.pool_size, limits)
                 closers.append(pool.close)
                 terminators.append(pool.terminate)
-                sources.append(raw.RawSource(source.name, source.table, pool, bridge, limits))
+                opened: Source = raw.RawSource(
+                    source.name, source.table, pool, bridge, limits, source.secrets
+                )
             else:
                 engine = orm.create_engine(source.dsn, source.pool_size, limits)
                 closers.append(engine.dispose)
                 sessions = orm.session_factory(engine)
-                sources.append(orm.OrmSource(source.name, source.table, sessions, bridge))
-        yield sources
+                opened = orm.OrmSource(source.name, source.table, sessions, bridge, source.secrets)
+            members.append(Member(opened, ids=source.ids, breaker=source.breaker))
+        yield members
     finally:
         await _close(bridge, closers, terminators)
 

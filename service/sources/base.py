@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from service.core import Row
+from service.core import Row, SourceError, describe_error
+from service.sources.bridge import AsyncioBridge
+
+T = TypeVar("T")
 
 #: The drivers' own timeouts fire this many seconds before the deadline (at most a
 #: tenth of it), so the asyncio side gives up and cleans up its connection just
@@ -56,3 +61,24 @@ def checked_row(row_id: object, name: object) -> Row:
     if name is not None and not isinstance(name, str):
         raise SourceDataError(f"name must be text or NULL, got {type(name).__name__}")
     return Row(row_id, name)
+
+
+async def run_driver(
+    bridge: AsyncioBridge, secrets: Iterable[str], fn: Callable[[], Awaitable[T]]
+) -> T:
+    """Run driver code on the asyncio loop; report failures without secrets.
+
+    A driver's message can quote its connection parameters, so every failure other
+    than a timeout becomes a SourceError whose text has the DSN's password masked.
+    Timeouts pass through unchanged: the core reports them as ``timeout``.
+    """
+    try:
+        return await bridge.run(fn)
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        text = describe_error(exc)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        raise SourceError(text) from exc

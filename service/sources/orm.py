@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import cast
 
-from sqlalchemy import Integer, String, select
+from sqlalchemy import Integer, String, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from service.core import Row
-from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row
+from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
 from service.sources.bridge import AsyncioBridge
 
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
@@ -48,12 +48,18 @@ class OrmSource:
     """Reads every row of one table as mapped objects through an AsyncSession."""
 
     def __init__(
-        self, name: str, table: str, sessions: SessionFactory, bridge: AsyncioBridge
+        self,
+        name: str,
+        table: str,
+        sessions: SessionFactory,
+        bridge: AsyncioBridge,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self._name = name
         self._model = mapped_row_class(table)
         self._sessions = sessions
         self._bridge = bridge
+        self._secrets = secrets
 
     @property
     def name(self) -> str:
@@ -62,7 +68,15 @@ class OrmSource:
 
     async def fetch(self) -> list[Row]:
         """Every row of the table, ordered by id (Trio-flavoured)."""
-        return await self._bridge.run(self._fetch_on_asyncio)
+        return await run_driver(self._bridge, self._secrets, self._fetch_on_asyncio)
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1`` in a session (Trio-flavoured)."""
+        await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
+
+    async def _ping_on_asyncio(self) -> None:
+        async with self._sessions() as session:
+            await session.execute(text("SELECT 1"))
 
     async def _fetch_on_asyncio(self) -> list[Row]:
         model = self._model

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from service.core import Row
-from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row
+from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
 from service.sources.bridge import AsyncioBridge
 
 
@@ -53,13 +53,20 @@ class RawSource:
     """
 
     def __init__(
-        self, name: str, table: str, pool: RawPool, bridge: AsyncioBridge, limits: DriverLimits
+        self,
+        name: str,
+        table: str,
+        pool: RawPool,
+        bridge: AsyncioBridge,
+        limits: DriverLimits,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self._name = name
         self._query = select_all_sql(table)
         self._pool = pool
         self._bridge = bridge
         self._limits = limits
+        self._secrets = secrets
 
     @property
     def name(self) -> str:
@@ -68,13 +75,22 @@ class RawSource:
 
     async def fetch(self) -> list[Row]:
         """Every row of the table, ordered by id (Trio-flavoured)."""
-        return await self._bridge.run(self._fetch_on_asyncio)
+        return await run_driver(self._bridge, self._secrets, self._fetch_on_asyncio)
+
+    async def ping(self) -> None:
+        """Check out a connection and run ``SELECT 1`` (Trio-flavoured)."""
+        await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
 
     async def _fetch_on_asyncio(self) -> list[Row]:
         timeout = self._limits.timeout
         async with self._pool.acquire(timeout=timeout) as connection:
             records = await connection.fetch(self._query, timeout=timeout)
         return [checked_row(record["id"], record["name"]) for record in records]
+
+    async def _ping_on_asyncio(self) -> None:
+        timeout = self._limits.timeout
+        async with self._pool.acquire(timeout=timeout) as connection:
+            await connection.fetch("SELECT 1", timeout=timeout)
 
 
 async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool:

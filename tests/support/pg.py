@@ -76,8 +76,10 @@ def reference_databases(server_dsn: str) -> Iterator[Config]:
     prefix = f"collector_test_{uuid.uuid4().hex[:8]}"
     config = Config(
         sources=tuple(
-            SourceConfig(name, with_database(server_dsn, f"{prefix}_{name}"), table, access)
-            for name, table, access in REFERENCE_SOURCES
+            SourceConfig(
+                name, with_database(server_dsn, f"{prefix}_{name}"), table, access, ids=ids
+            )
+            for name, table, access, ids in REFERENCE_SOURCES
         )
     )
     trio_asyncio.run(_init_all, config)
@@ -114,6 +116,8 @@ def source(config: Config, name: str, **changes: object) -> SourceConfig:
         "table": original.table,
         "access": original.access,
         "pool_size": original.pool_size,
+        "ids": original.ids,
+        "breaker": original.breaker,
     }
     fields.update(changes)
     return SourceConfig(**fields)  # type: ignore[arg-type]

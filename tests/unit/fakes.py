@@ -30,6 +30,7 @@ class FakeSource:
         self.error = error
         self.calls = 0
         self.cancelled = 0
+        self.reachable = error is None
 
     @property
     def name(self) -> str:
@@ -45,3 +46,7 @@ class FakeSource:
         if self.error is not None:
             raise self.error
         return list(self.result)
+
+    async def ping(self) -> None:
+        if not self.reachable:
+            raise ConnectionRefusedError(111, "Connection refused")

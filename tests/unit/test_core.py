@@ -3,7 +3,16 @@ from __future__ import annotations
 import pytest
 import trio
 
-from service.core import Collector, Row, Status, describe_error, merge_by_id
+from service.core import (
+    Collector,
+    Member,
+    Row,
+    Status,
+    describe_error,
+    in_ranges,
+    merge_by_id,
+    merge_ranges,
+)
 from tests.unit.fakes import FakeSource, rows
 
 TIMEOUT = 2.0
@@ -133,3 +142,68 @@ def test_error_description_is_one_short_line() -> None:
 def test_collector_rejects_non_positive_timeout() -> None:
     with pytest.raises(ValueError, match="positive"):
         Collector([], 0)
+
+
+async def test_absent_sources_report_their_declared_id_ranges() -> None:
+    collector = Collector(
+        [
+            Member(FakeSource("a", rows(1)), ids=((1, 10), (31, 40))),
+            Member(FakeSource("b", error=OSError("down")), ids=((11, 20), (41, 50))),
+            Member(FakeSource("c", error=OSError("down")), ids=((21, 30),)),
+        ],
+        TIMEOUT,
+    )
+    collection = await collector.collect()
+    assert collection.outcomes[0].missing_ids is None
+    assert collection.outcomes[1].missing_ids == ((11, 20), (41, 50))
+    assert collection.missing_ids == ((11, 30), (41, 50))
+
+
+async def test_missing_ids_are_unknown_when_an_absent_source_declares_none() -> None:
+    collector = Collector(
+        [Member(FakeSource("a", error=OSError()), ids=((1, 5),)), FakeSource("b", error=OSError())],
+        TIMEOUT,
+    )
+    assert (await collector.collect()).missing_ids is None
+
+
+async def test_complete_collection_misses_no_ids() -> None:
+    collection = await Collector(reference_sources(), TIMEOUT).collect()
+    assert collection.missing_ids == ()
+
+
+async def test_rows_outside_declared_ranges_are_served_and_counted() -> None:
+    member = Member(FakeSource("a", rows(1, 2, 99)), ids=((1, 10),))
+    collection = await Collector([member], TIMEOUT).collect()
+    assert [row.id for row in collection.rows] == [1, 2, 99]
+    assert collection.outcomes[0].out_of_range == 1
+
+
+async def test_observers_see_every_outcome() -> None:
+    seen: list[tuple[str, Status]] = []
+    collector = Collector(reference_sources(source_2=FakeSource("source_2", error=OSError())), 2)
+    collector.add_observer(lambda outcome: seen.append((outcome.source, outcome.status)))
+    await collector.collect()
+    assert sorted(seen) == [
+        ("source_1", Status.OK),
+        ("source_2", Status.ERROR),
+        ("source_3", Status.OK),
+    ]
+
+
+async def test_probe_reports_each_source_reachability(autojump_clock: trio.abc.Clock) -> None:
+    down = FakeSource("down", error=OSError())
+    probes = await Collector([FakeSource("up"), down], TIMEOUT).probe()
+    assert [(p.source, p.reachable) for p in probes] == [("up", True), ("down", False)]
+    assert probes[1].error == "ConnectionRefusedError: [Errno 111] Connection refused"
+
+
+def test_ranges_are_merged_when_they_touch_or_overlap() -> None:
+    assert merge_ranges([(11, 20), (1, 10), (30, 40), (35, 50)]) == ((1, 20), (30, 50))
+
+
+@pytest.mark.parametrize(
+    ("value", "inside"), [(0, False), (1, True), (10, True), (11, False), (31, True), (41, False)]
+)
+def test_in_ranges_checks_inclusive_bounds(value: int, inside: bool) -> None:
+    assert in_ranges(value, ((1, 10), (31, 40))) is inside

@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import Select
 
-from service.core import Row
-from service.sources.base import SourceDataError
+from service.core import Row, SourceError
 from service.sources.bridge import AsyncioBridge
 from service.sources.orm import OrmSource, mapped_row_class
 
@@ -61,7 +60,7 @@ async def test_orm_source_refuses_objects_of_the_wrong_shape(
     model = mapped_row_class("data_2")
     session = FakeSession([model(id="eleven", name="x")])
     source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
-    with pytest.raises(SourceDataError, match="id must be an integer"):
+    with pytest.raises(SourceError, match=r"^SourceDataError: id must be an integer"):
         await source.fetch()
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.core import Row
-from service.sources.base import DriverLimits, SourceDataError
+from service.core import Row, SourceError
+from service.sources.base import DriverLimits
 from service.sources.bridge import AsyncioBridge
 from service.sources.raw import RawSource, select_all_sql
 
@@ -81,9 +81,30 @@ async def test_raw_source_returns_the_connection_when_the_query_fails(
     asyncio_bridge: AsyncioBridge,
 ) -> None:
     pool = FakePool(error=asyncpg.UndefinedTableError('relation "data_1" does not exist'))
-    with pytest.raises(asyncpg.UndefinedTableError):
+    with pytest.raises(SourceError, match=r'^UndefinedTableError: relation "data_1" does not'):
         await make_source(pool, asyncio_bridge).fetch()
     assert pool.released == 1
+
+
+async def test_raw_source_never_reports_its_password(asyncio_bridge: AsyncioBridge) -> None:
+    pool = FakePool(error=ValueError("cannot parse postgresql://app:hunter2@db/x"))
+    source = RawSource("source_1", "data_1", pool, asyncio_bridge, LIMITS, ("hunter2",))
+    with pytest.raises(SourceError) as caught:
+        await source.fetch()
+    assert str(caught.value) == "ValueError: cannot parse postgresql://app:***@db/x"
+
+
+async def test_driver_timeout_reaches_the_core_as_a_timeout(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    with pytest.raises(TimeoutError):
+        await make_source(FakePool(error=TimeoutError()), asyncio_bridge).fetch()
+
+
+async def test_ping_runs_a_trivial_query(asyncio_bridge: AsyncioBridge) -> None:
+    pool = FakePool([{"?column?": 1}])
+    await make_source(pool, asyncio_bridge).ping()
+    assert pool.connection.queries == [("SELECT 1", LIMITS.timeout)]
 
 
 @pytest.mark.parametrize(
@@ -97,7 +118,7 @@ async def test_raw_source_returns_the_connection_when_the_query_fails(
 async def test_raw_source_refuses_rows_of_the_wrong_shape(
     asyncio_bridge: AsyncioBridge, record: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(SourceDataError, match=message):
+    with pytest.raises(SourceError, match=f"^SourceDataError: {message}"):
         await make_source(FakePool([record]), asyncio_bridge).fetch()
 
 

@@ -5,7 +5,7 @@ import re
 
 from quart_trio import QuartTrio
 
-from service.core import Collector
+from service.core import Collector, Member
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 
@@ -92,3 +92,173 @@ async def test_wrong_method_gets_405_with_allow_header() -> None:
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
     assert "GET" in response.headers["Allow"]
+
+
+def partial_app() -> QuartTrio:
+    return create_app(
+        Collector(
+            [
+                Member(FakeSource("source_1", rows(1, 31)), ids=((1, 10), (31, 40))),
+                Member(FakeSource("source_2", error=OSError("down")), ids=((11, 20), (41, 50))),
+                Member(FakeSource("source_3", delay=9.0), ids=((21, 30), (51, 60))),
+            ],
+            timeout=2.0,
+        )
+    )
+
+
+async def test_complete_answer_says_so_in_its_headers() -> None:
+    response = await app_with(FakeSource("a", rows(1))).test_client().get("/collect-data")
+    assert response.headers["Collection-Complete"] == "?1"
+    assert "Collection-Missing" not in response.headers
+
+
+async def test_partial_answer_names_the_missing_sources(autojump_clock: object) -> None:
+    response = await partial_app().test_client().get("/collect-data")
+    assert response.status_code == 200
+    assert response.headers["Collection-Complete"] == "?0"
+    assert response.headers["Collection-Missing"] == (
+        '"source_2";status=error, "source_3";status=timeout'
+    )
+    assert [row["id"] for row in json.loads(await response.get_data())] == [1, 31]
+
+
+async def test_every_source_failing_is_an_empty_list_marked_incomplete() -> None:
+    app = app_with(FakeSource("a", error=OSError()), FakeSource("b", error=OSError()))
+    response = await app.test_client().get("/collect-data")
+    assert json.loads(await response.get_data()) == []
+    assert response.headers["Collection-Complete"] == "?0"
+    assert response.headers["Collection-Missing"] == '"a";status=error, "b";status=error'
+
+
+async def test_envelope_reports_each_source_and_the_missing_ids(autojump_clock: object) -> None:
+    response = (
+        await partial_app()
+        .test_client()
+        .get("/collect-data", headers={"Accept": "application/vnd.collector.envelope+json"})
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "application/vnd.collector.envelope+json"
+    body = json.loads(await response.get_data())
+    assert body["data"] == [{"id": 1, "name": "Test 1"}, {"id": 31, "name": "Test 31"}]
+    assert body["complete"] is False
+    assert body["missing_ids"] == [[11, 30], [41, 60]]
+    first, second, third = body["sources"]
+    assert first == {
+        "name": "source_1",
+        "status": "ok",
+        "rows": 2,
+        "duration_ms": 0.0,
+        "error": None,
+        "breaker": "closed",
+        "missing_ids": None,
+        "out_of_range": 0,
+    }
+    assert (second["status"], second["error"]) == ("error", "OSError: down")
+    assert second["missing_ids"] == [[11, 20], [41, 50]]
+    assert (third["status"], third["duration_ms"]) == ("timeout", 2000.0)
+
+
+async def test_json_is_preferred_when_the_client_accepts_anything() -> None:
+    response = (
+        await app_with(FakeSource("a", rows(1)))
+        .test_client()
+        .get("/collect-data", headers={"Accept": "text/html,*/*;q=0.8"})
+    )
+    assert response.mimetype == "application/json"
+
+
+async def test_unacceptable_media_type_gets_406() -> None:
+    response = (
+        await app_with(FakeSource("a"))
+        .test_client()
+        .get("/collect-data", headers={"Accept": "text/csv"})
+    )
+    assert response.status_code == 406
+    assert response.mimetype == "application/problem+json"
+
+
+async def test_strict_preference_turns_a_partial_answer_into_503(autojump_clock: object) -> None:
+    response = (
+        await partial_app()
+        .test_client()
+        .get("/collect-data", headers={"Prefer": "respond-async, handling=strict"})
+    )
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Preference-Applied"] == "handling=strict"
+    assert response.headers["Collection-Complete"] == "?0"
+    body = json.loads(await response.get_data())
+    assert body["detail"] == "2 of 3 sources did not answer: source_2 (error), source_3 (timeout)"
+    assert [s["name"] for s in body["sources"]] == ["source_2", "source_3"]
+    assert body["missing_ids"] == [[11, 30], [41, 60]]
+
+
+async def test_strict_preference_leaves_a_complete_answer_alone() -> None:
+    response = (
+        await app_with(FakeSource("a", rows(1)))
+        .test_client()
+        .get("/collect-data", headers={"Prefer": "handling=strict"})
+    )
+    assert response.status_code == 200
+    assert json.loads(await response.get_data()) == [{"id": 1, "name": "Test 1"}]
+
+
+async def test_lenient_or_unknown_preferences_keep_partial_answers_at_200(
+    autojump_clock: object,
+) -> None:
+    client = partial_app().test_client()
+    for prefer in ("handling=lenient", "return=minimal", "handling"):
+        response = await client.get("/collect-data", headers={"Prefer": prefer})
+        assert response.status_code == 200
+
+
+async def test_livez_answers_without_asking_any_source() -> None:
+    source = FakeSource("a", error=OSError())
+    response = await app_with(source).test_client().get("/livez")
+    assert response.status_code == 200
+    assert json.loads(await response.get_data()) == {"status": "alive"}
+    assert source.calls == 0
+
+
+async def test_readyz_is_ready_while_some_source_answers() -> None:
+    app = app_with(FakeSource("up"), FakeSource("down", error=OSError()))
+    response = await app.test_client().get("/readyz")
+    assert response.status_code == 200
+    body = json.loads(await response.get_data())
+    assert body["status"] == "ready"
+    assert [(s["name"], s["reachable"]) for s in body["sources"]] == [
+        ("up", True),
+        ("down", False),
+    ]
+
+
+async def test_readyz_is_unavailable_when_no_source_answers() -> None:
+    app = app_with(FakeSource("a", error=OSError()), FakeSource("b", error=OSError()))
+    response = await app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert json.loads(await response.get_data())["status"] == "unavailable"
+
+
+async def test_metrics_count_outcomes_breakers_and_responses(autojump_clock: object) -> None:
+    client = partial_app().test_client()
+    await client.get("/collect-data")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    text = (await response.get_data()).decode()
+    assert 'collector_source_outcomes_total{source="source_2",status="error"} 1.0' in text
+    assert 'collector_source_outcomes_total{source="source_3",status="timeout"} 1.0' in text
+    assert 'collector_source_fetch_seconds_count{source="source_1"} 1.0' in text
+    assert 'collector_breaker_state{source="source_1"} 0.0' in text
+    assert 'collector_http_responses_total{code="200"} 1.0' in text
+    assert "collector_requests_in_flight 1.0" in text  # the /metrics request itself
+
+
+async def test_every_response_carries_a_request_id() -> None:
+    client = app_with(FakeSource("a")).test_client()
+    generated = await client.get("/livez")
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-Id"])
+    echoed = await client.get("/livez", headers={"X-Request-Id": "abc-123"})
+    assert echoed.headers["X-Request-Id"] == "abc-123"
+    unsafe = await client.get("/livez", headers={"X-Request-Id": "a b\tc"})
+    assert unsafe.headers["X-Request-Id"] != "a b\tc"

@@ -1,0 +1,131 @@
+"""Wire formats: bodies, headers and problem documents, free of any framework.
+
+Completeness headers (RFC 8941 structured fields)::
+
+    Collection-Complete: ?1                    every source answered
+    Collection-Complete: ?0                    some rows are missing
+    Collection-Missing: "source_2";status=timeout, "source_3";status=skipped
+
+``Collection-Missing`` is a list of strings (source names) each with a ``status``
+token parameter; it is present only when ``Collection-Complete`` is ``?0``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from service.core import Collection, IdRanges, Outcome, Probe, Row
+
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+#: Media type of the envelope form of /collect-data (asked for with ``Accept``).
+ENVELOPE_JSON = "application/vnd.collector.envelope+json"
+
+COMPLETE_HEADER = "Collection-Complete"
+MISSING_HEADER = "Collection-Missing"
+
+Headers = dict[str, str]
+
+
+def rows_json(rows: Iterable[Row]) -> str:
+    """The body the product promises: ``[{"id": 1, "name": "Test 1"}, ...]``."""
+    return json.dumps([{"id": row.id, "name": row.name} for row in rows], separators=(",", ":"))
+
+
+def envelope_json(collection: Collection) -> str:
+    """The rows together with every source's outcome, for clients that want details."""
+    body = {
+        "data": [{"id": row.id, "name": row.name} for row in collection.rows],
+        "complete": collection.complete,
+        "missing_ids": ranges_json(collection.missing_ids),
+        "sources": [outcome_json(outcome) for outcome in collection.outcomes],
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """One source's part of the envelope."""
+    return {
+        "name": outcome.source,
+        "status": outcome.status.value,
+        "rows": outcome.rows,
+        "duration_ms": round(outcome.duration * 1000, 1),
+        "error": outcome.error,
+        "breaker": outcome.breaker.value,
+        "missing_ids": ranges_json(outcome.missing_ids),
+        "out_of_range": outcome.out_of_range,
+    }
+
+
+def probe_json(probe: Probe) -> dict[str, Any]:
+    """One source's part of the readiness report."""
+    return {
+        "name": probe.source,
+        "reachable": probe.reachable,
+        "duration_ms": round(probe.duration * 1000, 1),
+        "error": probe.error,
+        "breaker": probe.breaker.value,
+    }
+
+
+def ranges_json(ranges: IdRanges | None) -> list[list[int]] | None:
+    """Id ranges as JSON pairs ``[[first, last], ...]``."""
+    return None if ranges is None else [[first, last] for first, last in ranges]
+
+
+def collection_headers(collection: Collection) -> Headers:
+    """Server-Timing and the completeness headers for a collection."""
+    headers = {
+        "Server-Timing": server_timing(collection.outcomes),
+        COMPLETE_HEADER: "?1" if collection.complete else "?0",
+    }
+    missing = [o for o in collection.outcomes if o.status.value != "ok"]
+    if missing:
+        headers[MISSING_HEADER] = ", ".join(
+            f"{sf_string(o.source)};status={o.status.value}" for o in missing
+        )
+    return headers
+
+
+def server_timing(outcomes: Sequence[Outcome]) -> str:
+    """A W3C Server-Timing value with one metric per source (duration in ms)."""
+    return ", ".join(
+        f'{o.source};dur={o.duration * 1000:.1f};desc="{o.status.value}"' for o in outcomes
+    )
+
+
+def sf_string(text: str) -> str:
+    """An RFC 8941 string item (source names never hold characters needing more)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wants_strict(prefer_headers: Iterable[str]) -> bool:
+    """Whether ``Prefer`` (RFC 7240) asks for ``handling=strict``."""
+    for header in prefer_headers:
+        for preference in header.split(","):
+            token, _, value = preference.split(";")[0].strip().partition("=")
+            if token.strip().lower() == "handling" and value.strip().strip('"').lower() == "strict":
+                return True
+    return False
+
+
+def incomplete_problem(collection: Collection) -> tuple[str, int, Headers]:
+    """The 503 answer to a strict request whose result is incomplete."""
+    failed = [o for o in collection.outcomes if o.status.value != "ok"]
+    listing = ", ".join(f"{o.source} ({o.status.value})" for o in failed)
+    return problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"{len(failed)} of {len(collection.outcomes)} sources did not answer: {listing}",
+        sources=[{"name": o.source, "status": o.status.value, "error": o.error} for o in failed],
+        missing_ids=ranges_json(collection.missing_ids),
+    )
+
+
+def problem(status: HTTPStatus, detail: str, **extensions: Any) -> tuple[str, int, Headers]:
+    """An RFC 9457 problem response: body, status code and headers."""
+    body = {"type": "about:blank", "title": status.phrase, "status": int(status), "detail": detail}
+    body.update(extensions)
+    return json.dumps(body), int(status), {"Content-Type": PROBLEM_JSON}
