@@ -51,10 +51,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class DriverNoiseFilter(logging.Filter):
+    """One line, at warning level, for the errors drivers log about abandoned work.
+
+    When a fetch is abandoned at its deadline, SQLAlchemy's pool throws the
+    connection away and logs the failed close with a full traceback. That is the
+    expected consequence of a deadline, already reported as a ``timeout``; a
+    traceback per request would drown everything else.
+    """
+
+    NOISY = ("sqlalchemy.pool",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Strip the traceback of noisy driver records and demote them."""
+        if record.name.startswith(self.NOISY) and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}"
+            record.args = None
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Send every logger's records to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(DriverNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -13,6 +13,13 @@ When the Trio side is cancelled it cancels the asyncio task and returns at once;
 the task finishes its clean-up in the background (bounded by the drivers' own
 timeouts, see :mod:`service.sources`). The deadline is then Trio's alone to keep.
 
+The bridge also replaces trio-asyncio's default exception handler. That handler
+re-raises every *unhandled* asyncio error (a future whose exception nobody
+retrieved, say) inside the loop's nursery, which tears down the whole service.
+asyncpg leaves exactly such futures behind when a connection is lost while a
+cancelled query is being cleaned up, which is routine for us. Such errors are
+logged instead: they belong to work the service has already abandoned.
+
 Only the modules that run drivers import this one; ``trio_asyncio`` itself, which
 patches asyncio for the whole process, is imported only where the loop is opened.
 """
@@ -20,6 +27,7 @@ patches asyncio for the whole process, is imported only where the loop is opened
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
@@ -28,6 +36,8 @@ import trio
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = logging.getLogger("collector.drivers")
 
 
 class DriverCancelledError(Exception):
@@ -48,6 +58,7 @@ class AsyncioBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: set[asyncio.Future[Any]] = set()
+        loop.set_exception_handler(log_unhandled_error)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -116,3 +127,12 @@ async def _call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwa
 
 def _set_event(event: trio.Event, _future: asyncio.Future[Any]) -> None:
     event.set()
+
+
+def log_unhandled_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Log an asyncio error nobody handled, as one line, and carry on."""
+    message = str(context.get("message") or "unhandled error").splitlines()[0]
+    exception = context.get("exception")
+    if exception is not None:
+        message = f"{message}: {type(exception).__name__}: {exception}"
+    log.warning("driver: %s", message)

@@ -49,7 +49,11 @@ def write_config(path: Path, config: Config, timeout: float | None = None) -> Pa
             f'table = "{source.table}"',
             f'access = "{source.access}"',
             f"pool_size = {source.pool_size}",
+            f"breaker_failures = {source.breaker.failures}",
+            f"breaker_cooldown = {source.breaker.cooldown}",
         ]
+        if source.ids is not None:
+            lines.append(f"ids = {[list(pair) for pair in source.ids]}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 import trio
@@ -98,3 +99,20 @@ async def test_drain_cancels_stragglers_when_its_time_runs_out(
     await finished.wait()
     await asyncio_bridge.drain()  # the cancelled task has ended: nothing to wait for
     assert asyncio_bridge.pending == 0
+
+
+async def test_unhandled_asyncio_error_is_logged_not_fatal(
+    asyncio_bridge: AsyncioBridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncpg leaves such futures behind when a connection dies mid-cancel;
+    # trio-asyncio's own handler would re-raise it and tear the service down.
+    async def leave_an_unretrieved_error() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(ConnectionError("unexpected connection_lost() call"))
+        del future
+        gc.collect()
+
+    await asyncio_bridge.run(leave_an_unretrieved_error)
+    await trio.testing.wait_all_tasks_blocked()
+    assert "unexpected connection_lost() call" in caplog.text
+    assert await asyncio_bridge.run(asyncio.sleep, 0, "still serving") == "still serving"
