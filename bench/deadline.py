@@ -1,18 +1,22 @@
-"""Measure response times of ``collector serve`` under each kind of source fault.
+"""Measure ``collector serve`` under every kind of source fault, and its breakers.
 
 Run from the repository root (not part of the test suite):
 
     uv run python bench/deadline.py [--requests N] [--dsn postgresql://...]
 
-It creates three reference databases on the server (default: 127.0.0.1:5432),
-starts the real ``collector serve`` for each scenario, sends N sequential requests
-over HTTP and prints the wall-clock response times and the Server-Timing outcomes.
+It creates the three reference databases on the server (default 127.0.0.1:5432),
+starts the real ``collector serve`` (deadline 2 s, default breakers) for each
+scenario with every source behind the test suite's TCP fault proxy, and sends
+sequential requests over HTTP. The first request of a scenario runs before the
+fault (so pools hold open connections, as in production); the timed ones after.
+A final scenario measures how long a breaker takes to open and to recover.
 Everything runs on 127.0.0.1 and stops by itself; the databases are dropped after.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -22,113 +26,136 @@ from pathlib import Path
 
 import httpx
 import trio
+import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Config
+from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import running_server, write_config
 from tests.support import pg
 from tests.support.faultproxy import FaultProxy, Mode
 
-
-async def proxied(nursery: trio.Nursery, dsn: str, mode: Mode) -> str:
-    proxy = FaultProxy(pg.server_address(dsn))
-    port = await nursery.start(proxy.run)
-    await proxy.set_mode(mode)
-    return pg.through_proxy(dsn, port)
-
-
-@asynccontextmanager
-async def scenario(
-    name: str, config: Config, stack: AsyncExitStack, nursery: trio.Nursery
-) -> AsyncIterator[Config]:
-    first, second, third = config.sources
-    if name == "healthy":
-        yield config
-    elif name == "locked table (raw)":
-        async with trio_asyncio_bridge() as bridge, pg.locked_table(bridge, first.dsn, first.table):
-            yield config
-    elif name == "locked table (orm)":
-        async with (
-            trio_asyncio_bridge() as bridge,
-            pg.locked_table(bridge, second.dsn, second.table),
-        ):
-            yield config
-    elif name == "black hole + refused":
-        hole = pg.source(config, "source_1", dsn=await proxied(nursery, first.dsn, Mode.BLACKHOLE))
-        refused = pg.source(
-            config, "source_2", dsn=f"postgresql://postgres@127.0.0.1:{pg.unused_port()}/x"
-        )
-        yield Config(sources=(hole, refused, third), timeout=config.timeout)
-    elif name == "unknown host":
-        unknown = pg.source(config, "source_1", dsn="postgresql://postgres@no-such-host.invalid/x")
-        yield Config(sources=(unknown, second, third), timeout=config.timeout)
-    elif name == "every source black-holed":
-        holes = [
-            pg.source(config, s.name, dsn=await proxied(nursery, s.dsn, Mode.BLACKHOLE))
-            for s in config.sources
-        ]
-        yield Config(sources=tuple(holes), timeout=config.timeout)
-    else:
-        raise ValueError(name)
-
-
-@asynccontextmanager
-async def trio_asyncio_bridge() -> AsyncIterator[object]:
-    import trio_asyncio
-
-    from service.sources.bridge import AsyncioBridge
-
-    async with trio_asyncio.open_loop() as loop:
-        yield AsyncioBridge(loop)
-
-
+MODES = {
+    "blackhole": Mode.BLACKHOLE,
+    "delay 5 s/chunk": Mode.DELAY,
+    "reset": Mode.RESET,
+    "refuse": Mode.REFUSE,
+}
 SCENARIOS = [
-    "healthy",
-    "locked table (raw)",
-    "locked table (orm)",
-    "black hole + refused",
-    "unknown host",
-    "every source black-holed",
+    *((fault, source) for fault in [*MODES, "table lock"] for source in ("source_1", "source_2")),
+    ("blackhole", "all"),
 ]
+ACCESS = {"source_1": "raw", "source_2": "orm", "source_3": "raw"}
 
 
-async def measure(config: Config, requests: int, workdir: Path) -> None:
-    print(f"{'scenario':<26} {'min ms':>8} {'median':>8} {'max ms':>8} {'rows':>5}  outcomes")
-    for name in SCENARIOS:
-        async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-            faulty = await stack.enter_async_context(scenario(name, config, stack, nursery))
-            config_file = write_config(workdir / "bench.toml", faulty)
-            server = await stack.enter_async_context(running_server(["--config", str(config_file)]))
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=server.url, timeout=30)
+@dataclasses.dataclass
+class Service:
+    client: httpx.AsyncClient
+    proxies: dict[str, FaultProxy]
+    config: Config
+
+
+@asynccontextmanager
+async def service(config: Config, workdir: Path) -> AsyncIterator[Service]:
+    """``collector serve`` with every source behind a fault proxy."""
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        proxies: dict[str, FaultProxy] = {}
+        sources = []
+        for source in config.sources:
+            proxy = FaultProxy(pg.server_address(source.dsn))
+            port = await nursery.start(proxy.run)
+            proxies[source.name] = proxy
+            sources.append(dataclasses.replace(source, dsn=pg.through_proxy(source.dsn, port)))
+        proxied = Config(sources=tuple(sources), timeout=config.timeout)
+        config_file = write_config(workdir / "bench.toml", proxied)
+        server = await stack.enter_async_context(running_server(["--config", str(config_file)]))
+        client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))
+        yield Service(client, proxies, config)
+        await stack.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def fault(kind: str, target: str, svc: Service, bridge: AsyncioBridge) -> AsyncIterator[None]:
+    names = list(svc.proxies) if target == "all" else [target]
+    if kind == "table lock":
+        source = pg.source(svc.config, target)
+        async with pg.locked_table(bridge, source.dsn, source.table):
+            yield
+        return
+    for name in names:
+        await svc.proxies[name].set_mode(MODES[kind], delay=5.0)
+    yield
+
+
+def outcomes(response: httpx.Response) -> str:
+    parts = [p.split(";") for p in response.headers["server-timing"].split(", ")]
+    return ", ".join(p[2].removeprefix('desc="').removesuffix('"') for p in parts)
+
+
+async def measure_faults(config: Config, requests: int, workdir: Path) -> None:
+    columns = ("min ms", "median", "max ms")
+    print(
+        f"{'fault':<17} {'source':<14} " + " ".join(f"{c:>7}" for c in columns) + " rows  outcomes"
+    )
+    async with trio_asyncio.open_loop() as loop:
+        bridge = AsyncioBridge(loop)
+        for kind, target in SCENARIOS:
+            async with service(config, workdir) as svc:
+                await svc.client.get("/collect-data")
+                async with fault(kind, target, svc, bridge):
+                    times, last = [], None
+                    for _ in range(requests):
+                        start = trio.current_time()
+                        last = await svc.client.get("/collect-data")
+                        times.append((trio.current_time() - start) * 1000)
+            assert last is not None
+            label = target if target == "all" else f"{target} ({ACCESS[target]})"
+            print(
+                f"{kind:<17} {label:<14} {min(times):7.1f} {statistics.median(times):7.1f} "
+                f"{max(times):7.1f} {len(last.json()):4d}  {outcomes(last)}"
             )
-            times, rows, outcomes = [], 0, ""
-            for _ in range(requests):
-                start = trio.current_time()
-                response = await client.get("/collect-data")
-                times.append((trio.current_time() - start) * 1000)
-                rows = len(response.json())
-                outcomes = ", ".join(
-                    f"{p.split(';')[0]}={p.split('desc=')[1].strip(chr(34))}"
-                    for p in response.headers["server-timing"].split(", ")
-                )
-            await stack.aclose()
-            nursery.cancel_scope.cancel()
-        print(
-            f"{name:<26} {min(times):8.1f} {statistics.median(times):8.1f} "
-            f"{max(times):8.1f} {rows:5d}  {outcomes}"
-        )
+
+
+async def measure_breaker(config: Config, workdir: Path) -> None:
+    """Seconds until a black-holed source's breaker opens, and until it closes again."""
+    envelope = {"Accept": "application/vnd.collector.envelope+json"}
+    async with service(config, workdir) as svc:
+        await svc.client.get("/collect-data")
+        await svc.proxies["source_1"].set_mode(Mode.BLACKHOLE)
+        start, failed = trio.current_time(), 0
+        while True:
+            body = (await svc.client.get("/collect-data", headers=envelope)).json()
+            if body["sources"][0]["status"] == "skipped":
+                break
+            failed += 1
+        opened = trio.current_time() - start
+        await svc.proxies["source_1"].set_mode(Mode.PASS)
+        cleared, polls = trio.current_time(), 0
+        while True:
+            polls += 1
+            body = (await svc.client.get("/collect-data", headers=envelope)).json()
+            if body["sources"][0]["status"] == "ok":
+                break
+            await trio.sleep(0.25)
+        recovered = trio.current_time() - cleared
+    print(
+        f"\nbreaker (defaults): opened after {failed} timed-out requests, {opened:.1f} s after "
+        f"the fault began;\n  closed {recovered:.1f} s after the fault cleared "
+        f"(cool-down 10 s from opening; {polls} requests polled every 0.25 s)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=5, help="requests per scenario")
+    parser.add_argument("--requests", type=int, default=5, help="timed requests per scenario")
     parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the sources on")
     args = parser.parse_args()
     with pg.reference_databases(args.dsn) as config, tempfile.TemporaryDirectory() as workdir:
-        print(f"deadline {config.timeout:g} s, {args.requests} sequential requests per scenario")
-        trio.run(measure, config, args.requests, Path(workdir))
+        print(f"deadline {config.timeout:g} s, {args.requests} sequential requests per scenario\n")
+        trio.run(measure_faults, config, args.requests, Path(workdir))
+        trio.run(measure_breaker, config, Path(workdir))
 
 
 if __name__ == "__main__":
