@@ -316,7 +316,7 @@ async def test_data_faults_never_produce_a_500(
     assert response.headers["Collection-Complete"] == "?0"
 
 
-async def test_logs_are_json_lines_tied_to_the_request_and_never_hold_passwords(
+async def test_logs_and_health_are_tied_to_the_request_and_never_hold_passwords(
     reference_config: Config, tmp_path: Path
 ) -> None:
     secret = "s3cret-pw-never-shown"
@@ -335,6 +335,14 @@ async def test_logs_are_json_lines_tied_to_the_request_and_never_hold_passwords(
         assert secret not in response.text
         metrics = await client.get("/metrics")
         assert secret not in metrics.text
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200  # one source down is not "unready"
+        assert [(s["name"], s["reachable"]) for s in ready.json()["sources"]] == [
+            ("source_1", True),
+            ("source_2", False),
+        ]
+        assert secret not in ready.text
+        assert (await client.get("/livez")).json() == {"status": "alive"}
         await trio.sleep(0.2)  # let the access line reach the pipe
     entries = [json.loads(line) for line in server.output if line.startswith("{")]
     access = [
