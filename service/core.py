@@ -10,17 +10,25 @@ Outcomes a source can have in one collection::
     timeout  the deadline passed first (or the driver's own, slightly shorter, one)
     error    it raised; its rows are missing and the reason is recorded
     skipped  its circuit breaker is open, so it was not asked (see breaker.py)
+    pruned   its declared id ranges cannot hold any id asked for, so it was not asked
+
+A collection can be a page: every source is asked for at most ``limit`` rows after
+its position (the query is pushed down), the sorted answers are merged k ways, and
+the page ends after ``limit`` rows. The cursor to the next page keeps a position per
+source, so a source that missed this page is asked again from where it stopped:
+a partial page never makes the client skip ids.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import chain
+from itertools import islice, pairwise
 from typing import Protocol
 
 import trio
@@ -44,6 +52,12 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     ERROR = "error"
     SKIPPED = "skipped"
+    PRUNED = "pruned"
+
+    @property
+    def answered(self) -> bool:
+        """Whether no rows of the source can be missing (asked and answered, or pruned)."""
+        return self in (Status.OK, Status.PRUNED)
 
 
 class SourceError(Exception):
@@ -62,12 +76,57 @@ class Row:
     name: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What one source is asked for: ids in ``(after, until]``, at most ``limit`` rows.
+
+    ``None`` leaves a bound open. Sources push the window down into their query.
+    """
+
+    after: int | None = None
+    until: int | None = None
+    limit: int | None = None
+
+    def intersects(self, ranges: IdRanges) -> bool:
+        """Whether any of the inclusive ``ranges`` holds an id inside this window."""
+        low = float("-inf") if self.after is None else self.after + 1
+        high = float("inf") if self.until is None else self.until
+        return any(first <= high and last >= low for first, last in ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One collection's question: a window on the ids, and where lagging sources are.
+
+    ``behind`` maps a source to its own ``after`` when a previous page missed it
+    (``None``: from the very start); every other source starts at ``after``.
+    """
+
+    after: int | None = None
+    until: int | None = None
+    limit: int | None = None
+    behind: tuple[tuple[str, int | None], ...] = ()
+
+    def window_for(self, source: str) -> Window:
+        """The window pushed down to ``source``."""
+        after = dict(self.behind).get(source, self.after)
+        return Window(after=after, until=self.until, limit=self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the next page starts: ``after`` for most sources, ``behind`` for laggards."""
+
+    after: int | None
+    behind: tuple[tuple[str, int | None], ...] = ()
+
+
 class Source(Protocol):
     """Anything rows can be fetched from.
 
-    ``fetch`` must return the source's rows ordered by id and must be cancellable:
-    the core stops waiting at the deadline by cancelling it, and an implementation
-    must not block that cancellation on I/O.
+    ``fetch`` must return the source's rows inside the window, ordered by id, and
+    must be cancellable: the core stops waiting at the deadline by cancelling it,
+    and an implementation must not block that cancellation on I/O.
     """
 
     @property
@@ -75,8 +134,8 @@ class Source(Protocol):
         """Identifies the source in outcomes, headers and logs."""
         ...
 
-    async def fetch(self) -> Sequence[Row]:
-        """Return every row of the source, ordered by id."""
+    async def fetch(self, window: Window) -> Sequence[Row]:
+        """Return the source's rows inside ``window``, ordered by id."""
         ...
 
     async def ping(self) -> None:
@@ -129,23 +188,25 @@ class Collection:
 
     rows: list[Row]
     outcomes: tuple[Outcome, ...]
+    next: Cursor | None = None
+    """Where the next page starts, for a paged query that has more to give."""
 
     @property
     def complete(self) -> bool:
-        """True when every source answered, so no rows can be missing."""
-        return all(outcome.status is Status.OK for outcome in self.outcomes)
+        """True when every source answered (or was pruned), so no rows can be missing."""
+        return all(outcome.status.answered for outcome in self.outcomes)
 
     @property
     def missing(self) -> tuple[str, ...]:
         """Names of the sources whose rows are not in the result."""
-        return tuple(o.source for o in self.outcomes if o.status is not Status.OK)
+        return tuple(o.source for o in self.outcomes if not o.status.answered)
 
     @property
     def missing_ids(self) -> IdRanges | None:
         """Every id range absent from the result; None if some absent source is undeclared."""
         ranges: list[IdRange] = []
         for outcome in self.outcomes:
-            if outcome.status is Status.OK:
+            if outcome.status.answered:
                 continue
             if outcome.missing_ids is None:
                 return None
@@ -189,11 +250,12 @@ class Collector:
         """Each source's breaker state as of now."""
         return {m.source.name: b.state for m, b in zip(self._members, self._breakers, strict=True)}
 
-    async def collect(self) -> Collection:
+    async def collect(self, query: Query | None = None) -> Collection:
         """Ask every source concurrently and return whatever arrived in time.
 
         Never raises because of a source: every failure becomes an outcome.
         """
+        query = query or Query()
         # Each child task writes only its own slot, so no locking is needed, and
         # each child catches every error its source can raise. That is what keeps
         # the nursery from ever cancelling siblings: one broken source cannot take
@@ -203,14 +265,18 @@ class Collector:
         results: list[tuple[Outcome, Sequence[Row]] | None] = [None] * len(self._members)
         async with trio.open_nursery() as nursery:
             for index in range(len(self._members)):
-                nursery.start_soon(self._fetch_one, index, results)
+                nursery.start_soon(self._fetch_one, index, query, results)
         outcomes: list[Outcome] = []
         batches: list[Sequence[Row]] = []
         for result in results:
             assert result is not None  # every child fills its slot before returning
             outcomes.append(result[0])
             batches.append(result[1])
-        return Collection(rows=merge_by_id(batches), outcomes=tuple(outcomes))
+        rows = list(islice(merge_by_id(batches), query.limit))
+        cursor = None
+        if query.limit is not None and query.until is None:
+            cursor = next_cursor(query, outcomes, batches, rows)
+        return Collection(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
     async def probe(self) -> tuple[Probe, ...]:
         """Ping every source concurrently (ignoring breakers), each under the deadline."""
@@ -236,12 +302,20 @@ class Collector:
         return tuple(p for p in probes if p is not None)
 
     async def _fetch_one(
-        self, index: int, results: list[tuple[Outcome, Sequence[Row]] | None]
+        self, index: int, query: Query, results: list[tuple[Outcome, Sequence[Row]] | None]
     ) -> None:
         member, breaker = self._members[index], self._breakers[index]
         source = member.source
+        window = query.window_for(source.name)
         start = trio.current_time()
         rows: Sequence[Row] = ()
+        if member.ids is not None and not window.intersects(member.ids):
+            # No id it could hold is asked for: no connection, no breaker verdict.
+            outcome = Outcome(source.name, Status.PRUNED, 0, 0.0, breaker=breaker.state)
+            for observer in self._observers:
+                observer(outcome)
+            results[index] = (outcome, rows)
+            return
         permit = breaker.acquire()
         if permit is None:
             status = Status.SKIPPED
@@ -254,7 +328,8 @@ class Collector:
             try:
                 with trio.move_on_after(self._timeout):
                     try:
-                        rows = await source.fetch()
+                        rows = await source.fetch(window)
+                        check_order(rows)
                     except TimeoutError as exc:
                         # A driver's own timeout is set just below ours, so it can fire first.
                         status, error = Status.TIMEOUT, describe_error(exc)
@@ -305,16 +380,78 @@ class Collector:
         results[index] = (outcome, rows)
 
 
-def merge_by_id(batches: Sequence[Sequence[Row]]) -> list[Row]:
-    """Merge per-source row lists into one list ordered by id.
+def merge_by_id(batches: Sequence[Sequence[Row]]) -> Iterator[Row]:
+    """Merge per-source row lists, each ordered by id, into one ordered stream.
 
-    Sources return their rows already ordered, and Timsort finds those runs and
-    merges them, so this costs O(n log k) for k sources rather than a full sort,
-    yet stays correct if a source ever hands back rows out of order. The sort is
-    stable: rows with equal ids (the same id in two sources) are all kept, in
-    source configuration order, because dropping either would hide data.
+    A k-way merge on a heap: O(n log k) for k sources, and lazy, so a page stops
+    consuming after ``limit`` rows. Rows with equal ids (the same id in two
+    sources) are all kept, in source configuration order, because dropping
+    either would hide data.
     """
-    return sorted(chain.from_iterable(batches), key=operator.attrgetter("id"))
+    return heapq.merge(*batches, key=operator.attrgetter("id"))
+
+
+def check_order(rows: Sequence[Row]) -> None:
+    """Refuse a source answer that is not ordered by id (the merge relies on it)."""
+    for previous, current in pairwise(rows):
+        if current.id < previous.id:
+            raise SourceError(f"rows out of id order: {current.id} after {previous.id}")
+
+
+def next_cursor(
+    query: Query,
+    outcomes: Sequence[Outcome],
+    batches: Sequence[Sequence[Row]],
+    page: Sequence[Row],
+) -> Cursor | None:
+    """Where the page after ``page`` starts, or None if every source is exhausted.
+
+    Each source gets its own next position: a source that missed the page stays
+    where it was (it is asked again from there); a source some of whose rows at
+    or below the page's last id did not fit (equal ids cut by the limit) resumes
+    after its last row that did; any other source moves to the page's last id,
+    or stays ahead if it already was. The cursor names the furthest position as
+    ``after`` and lists the sources behind it.
+    """
+    assert query.limit is not None
+    last = page[-1].id if page else None
+    used = [0] * len(batches)
+    for row in page:  # how many rows of each batch the page took, matched by identity
+        for index, batch in enumerate(batches):
+            if used[index] < len(batch) and batch[used[index]] is row:
+                used[index] += 1
+                break
+    more = False
+    positions: list[tuple[str, int | None]] = []
+    for index, outcome in enumerate(outcomes):
+        own_after = query.window_for(outcome.source).after
+        batch, taken = batches[index], used[index]
+        if not outcome.status.answered:
+            more = True
+            position = own_after
+        else:
+            if taken < len(batch) or len(batch) == query.limit:
+                more = True  # rows left over, or a full batch: the source may hold more
+            if taken < len(batch) and last is not None and batch[taken].id <= last:
+                position = batch[taken - 1].id if taken else own_after
+            else:
+                position = _furthest(own_after, last)
+        positions.append((outcome.source, position))
+    if not more:
+        return None
+    after: int | None = None
+    for _, position in positions:
+        after = _furthest(after, position)
+    return Cursor(after=after, behind=tuple(p for p in positions if p[1] != after))
+
+
+def _furthest(a: int | None, b: int | None) -> int | None:
+    """The later of two positions, where None is the very start."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
 
 
 def in_ranges(value: int, ranges: IdRanges) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import cast
 
-from sqlalchemy import Integer, String, select, text
+from sqlalchemy import BigInteger, Select, String, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.core import Row
+from service.core import Row, Window
 from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
 from service.sources.bridge import AsyncioBridge
 
@@ -26,7 +27,8 @@ SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 class RowColumns:
     """The product's table shape, mixed into one mapped class per source."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # BIGINT in the mapping (the table may use INT): cursor bounds may exceed INT.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     name: Mapped[str | None] = mapped_column(String(255))
 
 
@@ -42,6 +44,18 @@ def mapped_row_class(table: str) -> type[RowColumns]:
 
     model = type(f"Row_{table}", (RowColumns, Base), {"__tablename__": table})
     return cast(type[RowColumns], model)
+
+
+def window_statement(model: type[RowColumns], window: Window) -> Select[RowColumns]:
+    """The ORM query for ``window``: mapped objects in id order, bounds pushed down."""
+    statement = select(model).order_by(model.id)
+    if window.after is not None:
+        statement = statement.where(model.id > window.after)
+    if window.until is not None:
+        statement = statement.where(model.id <= window.until)
+    if window.limit is not None:
+        statement = statement.limit(window.limit)
+    return statement
 
 
 class OrmSource:
@@ -66,9 +80,11 @@ class OrmSource:
         """The configured source name."""
         return self._name
 
-    async def fetch(self) -> list[Row]:
-        """Every row of the table, ordered by id (Trio-flavoured)."""
-        return await run_driver(self._bridge, self._secrets, self._fetch_on_asyncio)
+    async def fetch(self, window: Window) -> list[Row]:
+        """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
+        return await run_driver(
+            self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
+        )
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` in a session (Trio-flavoured)."""
@@ -78,10 +94,9 @@ class OrmSource:
         async with self._sessions() as session:
             await session.execute(text("SELECT 1"))
 
-    async def _fetch_on_asyncio(self) -> list[Row]:
-        model = self._model
+    async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         async with self._sessions() as session:
-            objects = await session.scalars(select(model).order_by(model.id))
+            objects = await session.scalars(window_statement(self._model, window))
             return [checked_row(obj.id, obj.name) for obj in objects]
 
 

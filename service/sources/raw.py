@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any, Protocol
 
 import asyncpg
 
-from service.core import Row
+from service.core import Row, Window
 from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
 from service.sources.bridge import AsyncioBridge
 
@@ -39,9 +40,25 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def select_all_sql(table: str) -> str:
-    """The one query a raw source runs: every row, in id order."""
-    return f"SELECT id, name FROM {quote_identifier(table)} ORDER BY id"
+#: Stand-ins for open window bounds: beyond any INT (or BIGINT) id. ``LIMIT NULL``
+#: is PostgreSQL's "no limit", so one prepared statement serves every window.
+NO_LOWER_BOUND = -(2**63)
+NO_UPPER_BOUND = 2**63 - 1
+
+
+def select_window_sql(table: str) -> str:
+    """The one query a raw source runs: the rows in a window, in id order."""
+    return (
+        f"SELECT id, name FROM {quote_identifier(table)} "
+        "WHERE id > $1::bigint AND id <= $2::bigint ORDER BY id LIMIT $3::bigint"
+    )
+
+
+def window_args(window: Window) -> tuple[int, int, int | None]:
+    """The statement's parameters for ``window``."""
+    after = NO_LOWER_BOUND if window.after is None else window.after
+    until = NO_UPPER_BOUND if window.until is None else window.until
+    return after, until, window.limit
 
 
 class RawSource:
@@ -62,7 +79,7 @@ class RawSource:
         secrets: tuple[str, ...] = (),
     ) -> None:
         self._name = name
-        self._query = select_all_sql(table)
+        self._query = select_window_sql(table)
         self._pool = pool
         self._bridge = bridge
         self._limits = limits
@@ -73,18 +90,20 @@ class RawSource:
         """The configured source name."""
         return self._name
 
-    async def fetch(self) -> list[Row]:
-        """Every row of the table, ordered by id (Trio-flavoured)."""
-        return await run_driver(self._bridge, self._secrets, self._fetch_on_asyncio)
+    async def fetch(self, window: Window) -> list[Row]:
+        """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
+        return await run_driver(
+            self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
+        )
 
     async def ping(self) -> None:
         """Check out a connection and run ``SELECT 1`` (Trio-flavoured)."""
         await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
 
-    async def _fetch_on_asyncio(self) -> list[Row]:
+    async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         timeout = self._limits.timeout
         async with self._pool.acquire(timeout=timeout) as connection:
-            records = await connection.fetch(self._query, timeout=timeout)
+            records = await connection.fetch(self._query, *window_args(window), timeout=timeout)
         return [checked_row(record["id"], record["name"]) for record in records]
 
     async def _ping_on_asyncio(self) -> None:

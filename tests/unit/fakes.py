@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import trio
 
-from service.core import Row
+from service.core import Row, Window
 
 
 def rows(*ids: int) -> list[Row]:
@@ -29,6 +29,7 @@ class FakeSource:
         self.delay = delay
         self.error = error
         self.calls = 0
+        self.windows: list[Window] = []
         self.cancelled = 0
         self.reachable = error is None
 
@@ -36,8 +37,11 @@ class FakeSource:
     def name(self) -> str:
         return self._name
 
-    async def fetch(self) -> list[Row]:
+    async def fetch(self, window: Window | None = None) -> list[Row]:
+        """The rows in ``window``, as a database would push it down."""
+        window = window or Window()
         self.calls += 1
+        self.windows.append(window)
         try:
             await trio.sleep(self.delay)
         except trio.Cancelled:
@@ -45,7 +49,13 @@ class FakeSource:
             raise
         if self.error is not None:
             raise self.error
-        return list(self.result)
+        rows = [
+            row
+            for row in self.result
+            if (window.after is None or row.id > window.after)
+            and (window.until is None or row.id <= window.until)
+        ]
+        return rows[: window.limit]
 
     async def ping(self) -> None:
         if not self.reachable:

@@ -123,14 +123,23 @@ async def test_each_collection_asks_every_source_again() -> None:
     assert [s.calls for s in sources] == [2, 2, 2]
 
 
-def test_merge_sorts_rows_a_source_returned_out_of_order() -> None:
-    merged = merge_by_id([rows(3, 1, 2), rows(5, 4)])
-    assert [row.id for row in merged] == [1, 2, 3, 4, 5]
+def test_merge_interleaves_sorted_batches() -> None:
+    merged = merge_by_id([rows(1, 4, 9), rows(2, 3, 10), rows(5)])
+    assert [row.id for row in merged] == [1, 2, 3, 4, 5, 9, 10]
 
 
 def test_merge_keeps_duplicate_ids_in_source_order() -> None:
     merged = merge_by_id([[Row(7, "first")], [Row(7, "second")], [Row(6, "x")]])
-    assert merged == [Row(6, "x"), Row(7, "first"), Row(7, "second")]
+    assert list(merged) == [Row(6, "x"), Row(7, "first"), Row(7, "second")]
+
+
+async def test_source_answering_out_of_id_order_is_an_error() -> None:
+    unordered = FakeSource("source_1")
+    unordered.result = rows(3, 1, 2)
+    unordered.fetch = unordered_fetch(unordered.result)  # type: ignore[method-assign]
+    collection = await Collector(reference_sources(source_1=unordered), TIMEOUT).collect()
+    assert collection.outcomes[0].status is Status.ERROR
+    assert collection.outcomes[0].error == "rows out of id order: 1 after 3"
 
 
 def test_error_description_is_one_short_line() -> None:
@@ -207,3 +216,10 @@ def test_ranges_are_merged_when_they_touch_or_overlap() -> None:
 )
 def test_in_ranges_checks_inclusive_bounds(value: int, inside: bool) -> None:
     assert in_ranges(value, ((1, 10), (31, 40))) is inside
+
+
+def unordered_fetch(result: list[Row]):  # a source that ignores ORDER BY
+    async def fetch(window: object = None) -> list[Row]:
+        return result
+
+    return fetch

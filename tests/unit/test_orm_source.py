@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import Select
 
-from service.core import Row, SourceError
+from service.core import Row, SourceError, Window
 from service.sources.bridge import AsyncioBridge
 from service.sources.orm import OrmSource, mapped_row_class
 
@@ -47,11 +47,23 @@ async def test_orm_source_reads_mapped_objects_ordered_by_id(
     model = mapped_row_class("data_2")
     session = FakeSession([model(id=11, name="Test 11"), model(id=41, name=None)])
     source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
-    assert await source.fetch() == [Row(11, "Test 11"), Row(41, None)]
+    assert await source.fetch(Window()) == [Row(11, "Test 11"), Row(41, None)]
     assert compiled(session.statements[0]) == (
         "SELECT data_2.id, data_2.name FROM data_2 ORDER BY data_2.id"
     )
     assert session.closed
+
+
+async def test_orm_source_pushes_the_window_down(asyncio_bridge: AsyncioBridge) -> None:
+    session = FakeSession([])
+    source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
+    await source.fetch(Window(after=40, until=50, limit=7))
+    assert compiled(session.statements[0]) == (
+        "SELECT data_2.id, data_2.name FROM data_2 "
+        "WHERE data_2.id > %(id_1)s::BIGINT AND data_2.id <= %(id_2)s::BIGINT "
+        "ORDER BY data_2.id LIMIT %(param_1)s::INTEGER"
+    )
+    assert session.statements[0].compile().params == {"id_1": 40, "id_2": 50, "param_1": 7}
 
 
 async def test_orm_source_refuses_objects_of_the_wrong_shape(
@@ -61,7 +73,7 @@ async def test_orm_source_refuses_objects_of_the_wrong_shape(
     session = FakeSession([model(id="eleven", name="x")])
     source = OrmSource("source_2", "data_2", session_factory(session), asyncio_bridge)
     with pytest.raises(SourceError, match=r"^SourceDataError: id must be an integer"):
-        await source.fetch()
+        await source.fetch(Window())
 
 
 def test_two_sources_may_map_the_same_table_name() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service.core import Row, SourceError
+from service.core import Row, SourceError, Window
 from service.sources.base import DriverLimits
 from service.sources.bridge import AsyncioBridge
-from service.sources.raw import RawSource, select_all_sql
+from service.sources.raw import NO_LOWER_BOUND, NO_UPPER_BOUND, RawSource, select_window_sql
 
 LIMITS = DriverLimits.for_source("source_1", 2.0)
 
@@ -19,12 +19,12 @@ class FakeConnection:
     def __init__(self, records: Sequence[Mapping[str, Any]], error: Exception | None) -> None:
         self.records = records
         self.error = error
-        self.queries: list[tuple[str, float | None]] = []
+        self.queries: list[tuple[str, tuple[object, ...], float | None]] = []
 
     async def fetch(
         self, query: str, *args: object, timeout: float | None = None
     ) -> Sequence[Mapping[str, Any]]:
-        self.queries.append((query, timeout))
+        self.queries.append((query, args, timeout))
         if self.error is not None:
             raise self.error
         return self.records
@@ -60,19 +60,32 @@ async def test_raw_source_reads_rows_with_one_ordered_select(
     asyncio_bridge: AsyncioBridge,
 ) -> None:
     pool = FakePool([{"id": 1, "name": "Test 1"}, {"id": 31, "name": None}])
-    rows = await make_source(pool, asyncio_bridge).fetch()
+    rows = await make_source(pool, asyncio_bridge).fetch(Window())
     assert rows == [Row(1, "Test 1"), Row(31, None)]
     assert pool.connection.queries == [
-        ('SELECT id, name FROM "data_1" ORDER BY id', LIMITS.timeout)
+        (
+            'SELECT id, name FROM "data_1" WHERE id > $1::bigint AND id <= $2::bigint '
+            "ORDER BY id LIMIT $3::bigint",
+            (NO_LOWER_BOUND, NO_UPPER_BOUND, None),
+            LIMITS.timeout,
+        )
     ]
     assert pool.released == 1
+
+
+async def test_raw_source_pushes_the_window_down_as_parameters(
+    asyncio_bridge: AsyncioBridge,
+) -> None:
+    pool = FakePool([])
+    await make_source(pool, asyncio_bridge).fetch(Window(after=40, until=50, limit=7))
+    assert pool.connection.queries[0][1] == (40, 50, 7)
 
 
 async def test_raw_source_bounds_every_driver_wait_below_the_deadline(
     asyncio_bridge: AsyncioBridge,
 ) -> None:
     pool = FakePool([])
-    await make_source(pool, asyncio_bridge).fetch()
+    await make_source(pool, asyncio_bridge).fetch(Window())
     assert pool.acquire_timeouts == [LIMITS.timeout]
     assert 0 < LIMITS.timeout < 2.0
 
@@ -82,7 +95,7 @@ async def test_raw_source_returns_the_connection_when_the_query_fails(
 ) -> None:
     pool = FakePool(error=asyncpg.UndefinedTableError('relation "data_1" does not exist'))
     with pytest.raises(SourceError, match=r'^UndefinedTableError: relation "data_1" does not'):
-        await make_source(pool, asyncio_bridge).fetch()
+        await make_source(pool, asyncio_bridge).fetch(Window())
     assert pool.released == 1
 
 
@@ -90,7 +103,7 @@ async def test_raw_source_never_reports_its_password(asyncio_bridge: AsyncioBrid
     pool = FakePool(error=ValueError("cannot parse postgresql://app:hunter2@db/x"))
     source = RawSource("source_1", "data_1", pool, asyncio_bridge, LIMITS, ("hunter2",))
     with pytest.raises(SourceError) as caught:
-        await source.fetch()
+        await source.fetch(Window())
     assert str(caught.value) == "ValueError: cannot parse postgresql://app:***@db/x"
 
 
@@ -98,13 +111,13 @@ async def test_driver_timeout_reaches_the_core_as_a_timeout(
     asyncio_bridge: AsyncioBridge,
 ) -> None:
     with pytest.raises(TimeoutError):
-        await make_source(FakePool(error=TimeoutError()), asyncio_bridge).fetch()
+        await make_source(FakePool(error=TimeoutError()), asyncio_bridge).fetch(Window())
 
 
 async def test_ping_runs_a_trivial_query(asyncio_bridge: AsyncioBridge) -> None:
     pool = FakePool([{"?column?": 1}])
     await make_source(pool, asyncio_bridge).ping()
-    assert pool.connection.queries == [("SELECT 1", LIMITS.timeout)]
+    assert pool.connection.queries == [("SELECT 1", (), LIMITS.timeout)]
 
 
 @pytest.mark.parametrize(
@@ -119,11 +132,11 @@ async def test_raw_source_refuses_rows_of_the_wrong_shape(
     asyncio_bridge: AsyncioBridge, record: dict[str, object], message: str
 ) -> None:
     with pytest.raises(SourceError, match=f"^SourceDataError: {message}"):
-        await make_source(FakePool([record]), asyncio_bridge).fetch()
+        await make_source(FakePool([record]), asyncio_bridge).fetch(Window())
 
 
 def test_table_name_is_quoted_as_an_identifier() -> None:
-    assert select_all_sql('we"ird') == 'SELECT id, name FROM "we""ird" ORDER BY id'
+    assert select_window_sql('we"ird').startswith('SELECT id, name FROM "we""ird" WHERE')
 
 
 def test_driver_limits_sit_just_below_the_deadline() -> None:

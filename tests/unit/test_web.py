@@ -26,7 +26,7 @@ def timing(header: str) -> list[tuple[str, float, str]]:
 
 
 async def test_collect_data_returns_the_sorted_union_as_a_json_list() -> None:
-    app = app_with(FakeSource("a", rows(3, 1)), FakeSource("b", rows(2)))
+    app = app_with(FakeSource("a", rows(1, 3)), FakeSource("b", rows(2)))
     response = await app.test_client().get("/collect-data")
     assert response.status_code == 200
     assert response.mimetype == "application/json"
