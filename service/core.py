@@ -25,7 +25,7 @@ import bisect
 import heapq
 import logging
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice, pairwise
@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from service.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from service.breaker import BreakerSettings, BreakerState, CircuitBreaker, Permit
 
 log = logging.getLogger("collector.core")
 
@@ -140,6 +140,22 @@ class Source(Protocol):
 
     async def ping(self) -> None:
         """Return if the source can answer a trivial query now; raise otherwise."""
+        ...
+
+    def open_stream(self, window: Window, batch_size: int) -> RowStream:
+        """A server-side cursor over the rows in ``window``, read ``batch_size`` at a time."""
+        ...
+
+
+class RowStream(Protocol):
+    """Rows of one source in id order, a batch at a time (a server-side cursor)."""
+
+    async def next_batch(self) -> Sequence[Row]:
+        """The next rows, ordered by id; an empty batch means the end."""
+        ...
+
+    def close(self) -> None:
+        """Release the cursor and its connection without waiting (never blocks)."""
         ...
 
 
@@ -278,6 +294,142 @@ class Collector:
             cursor = next_cursor(query, outcomes, batches, rows)
         return Collection(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
+    async def stream(self, query: Query, batch_size: int) -> AsyncIterator[list[Row] | Collection]:
+        """Yield the merged rows in chunks as they are merged, then a summary.
+
+        Memory stays bounded by the number of sources times ``batch_size``: each
+        source is read through a server-side cursor a batch at a time, and a batch
+        is fetched only when the merge has used up the previous one. Every batch
+        must arrive within the deadline; a source that fails mid-stream ends its
+        contribution there and is reported in the summary, which is the last item
+        (a Collection without rows: outcomes, and the cursor to resume from).
+        """
+        states = [
+            _StreamState(m, b, query.window_for(m.source.name))
+            for m, b in zip(self._members, self._breakers, strict=True)
+        ]
+        async with trio.open_nursery() as nursery:  # open every cursor at once
+            for state in states:
+                nursery.start_soon(self._stream_start, state, batch_size)
+        heap = [(st.batch[0].id, i, 0) for i, st in enumerate(states) if st.batch]
+        heapq.heapify(heap)
+        chunk: list[Row] = []
+        budget = query.limit
+        try:
+            while heap and (budget is None or budget > 0):
+                _, index, position = heapq.heappop(heap)
+                state = states[index]
+                # Take every row of this batch that sorts before the other sources'
+                # next rows in one slice: with sources holding runs of ids, most
+                # rows never touch the heap.
+                bound = heap[0][0] if heap else None
+                end = len(state.batch)
+                if bound is not None:
+                    end = bisect.bisect_left(state.ids, bound, position, end)
+                    end = max(end, position + 1)
+                end = min(end, position + batch_size - len(chunk))
+                if budget is not None:
+                    end = min(end, position + budget)
+                    budget -= end - position
+                taken = state.batch[position:end]
+                chunk.extend(taken)
+                state.delivered += len(taken)
+                state.last_id = taken[-1].id
+                if end < len(state.batch):
+                    heapq.heappush(heap, (state.batch[end].id, index, end))
+                elif not state.finished:
+                    await self._stream_next(state)
+                    if state.batch:
+                        heapq.heappush(heap, (state.batch[0].id, index, 0))
+                if len(chunk) >= batch_size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+        finally:
+            for state in states:
+                state.finish()
+        outcomes = [self._stream_outcome(state) for state in states]
+        positions = [(st.member.source.name, st.position) for st in states]
+        more = any(not st.finished or not st.status.answered for st in states)
+        cursor = None
+        if more:
+            after: int | None = None
+            for _, resume in positions:
+                after = _furthest(after, resume)
+            # Sources that delivered everything they hold can start anywhere.
+            lagging = [
+                (name, resume)
+                for (name, resume), st in zip(positions, states, strict=True)
+                if resume != after and not (st.finished and st.status.answered)
+            ]
+            cursor = Cursor(after, tuple(lagging))
+        yield Collection(rows=[], outcomes=tuple(outcomes), next=cursor)
+
+    async def _stream_start(self, state: _StreamState, batch_size: int) -> None:
+        member = state.member
+        if member.ids is not None and not state.window.intersects(member.ids):
+            state.status, state.finished = Status.PRUNED, True
+            return
+        state.permit = state.breaker.acquire()
+        if state.permit is None:
+            state.status, state.finished = Status.SKIPPED, True
+            state.error = (
+                f"circuit open after {state.breaker.consecutive_failures} failures in a row"
+            )
+            return
+        state.stream = member.source.open_stream(state.window, batch_size)
+        await self._stream_next(state)
+
+    async def _stream_next(self, state: _StreamState) -> None:
+        assert state.stream is not None
+        start = trio.current_time()
+        state.batch, state.ids = [], []
+        state.status = Status.TIMEOUT
+        with trio.move_on_after(self._timeout):
+            try:
+                batch = await state.stream.next_batch()
+                check_order(batch)
+            except TimeoutError as exc:
+                state.error = describe_error(exc)
+            except Exception as exc:
+                state.status, state.error = Status.ERROR, describe_error(exc)
+            else:
+                state.status = Status.OK
+                state.batch, state.ids = list(batch), [row.id for row in batch]
+        state.duration += trio.current_time() - start
+        if state.status is Status.TIMEOUT and state.error is None:
+            state.error = f"no batch within {self._timeout:g} s"
+        if state.status is not Status.OK or not state.batch:
+            state.finished = True
+
+    def _stream_outcome(self, state: _StreamState) -> Outcome:
+        name = state.member.source.name
+        missing = None
+        if not state.status.answered:
+            log.warning(
+                "source %s %s mid-stream after %d rows: %s",
+                name,
+                state.status,
+                state.delivered,
+                state.error,
+                extra={"source": name, "status": str(state.status), "reason": state.error},
+            )
+            if state.member.ids is not None:
+                missing = clip_ranges(state.member.ids, state.position)
+        outcome = Outcome(
+            source=name,
+            status=state.status,
+            rows=state.delivered,
+            duration=state.duration,
+            error=state.error,
+            breaker=state.breaker.state,
+            missing_ids=missing,
+        )
+        for observer in self._observers:
+            observer(outcome)
+        return outcome
+
     async def probe(self) -> tuple[Probe, ...]:
         """Ping every source concurrently (ignoring breakers), each under the deadline."""
         probes: list[Probe | None] = [None] * len(self._members)
@@ -378,6 +530,49 @@ class Collector:
         for observer in self._observers:
             observer(outcome)
         results[index] = (outcome, rows)
+
+
+class _StreamState:
+    """One source's progress through a streamed collection."""
+
+    def __init__(self, member: Member, breaker: CircuitBreaker, window: Window) -> None:
+        self.member = member
+        self.breaker = breaker
+        self.window = window
+        self.permit: Permit | None = None
+        self.stream: RowStream | None = None
+        self.batch: list[Row] = []
+        self.ids: list[int] = []
+        self.status = Status.OK
+        self.error: str | None = None
+        self.finished = False
+        self.delivered = 0
+        self.last_id: int | None = None
+        self.duration = 0.0
+
+    @property
+    def position(self) -> int | None:
+        """The id this source's next rows come after."""
+        return self.window.after if self.last_id is None else self.last_id
+
+    def finish(self) -> None:
+        """Close the cursor and give the breaker its verdict (or none, if cut short)."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        if self.permit is not None:
+            if self.finished:
+                self.breaker.record(self.permit, success=self.status is Status.OK)
+            else:
+                self.breaker.release(self.permit)  # the client stopped reading first
+            self.permit = None
+
+
+def clip_ranges(ranges: IdRanges, after: int | None) -> IdRanges:
+    """The parts of ``ranges`` above ``after``."""
+    if after is None:
+        return ranges
+    return tuple((max(first, after + 1), last) for first, last in ranges if last > after)
 
 
 def merge_by_id(batches: Sequence[Sequence[Row]]) -> Iterator[Row]:

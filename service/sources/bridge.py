@@ -95,6 +95,19 @@ class AsyncioBridge:
         except asyncio.CancelledError as exc:
             raise DriverCancelledError("the driver task was cancelled") from exc
 
+    def spawn(
+        self, fn: Callable[P, Awaitable[object]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """Start ``fn`` as an asyncio task and do not wait for it (clean-up work).
+
+        Its failure is logged, never raised; ``drain`` waits for it at shutdown.
+        """
+        if self._loop.is_closed():
+            return
+        future = asyncio.ensure_future(_call(fn, *args, **kwargs), loop=self._loop)
+        self._pending.add(future)
+        future.add_done_callback(self._forget_logging)
+
     async def drain(self) -> None:
         """Wait until every task started here, abandoned ones included, has ended.
 
@@ -110,6 +123,12 @@ class AsyncioBridge:
             for future in list(self._pending):
                 future.cancel()
             raise
+
+    def _forget_logging(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            error = future.exception()
+            log.warning("driver clean-up failed: %s: %s", type(error).__name__, error)
 
     def _forget(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)

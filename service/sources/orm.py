@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, String, select, text
 from sqlalchemy.engine import make_url
@@ -21,7 +20,8 @@ from service.core import Row, Window
 from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
 from service.sources.bridge import AsyncioBridge
 
-SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+#: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
+SessionFactory = Callable[[], AsyncSession]
 
 
 class RowColumns:
@@ -86,6 +86,10 @@ class OrmSource:
             self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
         )
 
+    def open_stream(self, window: Window, batch_size: int) -> OrmStream:
+        """A streamed ORM query over ``window`` (started on the first batch)."""
+        return OrmStream(self, window, batch_size)
+
     async def ping(self) -> None:
         """Run ``SELECT 1`` in a session (Trio-flavoured)."""
         await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
@@ -124,3 +128,51 @@ def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that never expire loaded objects (no lazy loads after commit)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class OrmStream:
+    """A streamed ORM query (``session.stream``, a server-side cursor) read by batches.
+
+    It selects the mapped columns rather than whole entities: still an ORM query
+    on the mapped class, without building an identity-mapped object per row of
+    what may be millions.
+    """
+
+    def __init__(self, source: OrmSource, window: Window, batch_size: int) -> None:
+        self._source = source
+        self._window = window
+        self._batch_size = batch_size
+        self._session: AsyncSession | None = None
+        self._result: Any = None
+
+    async def next_batch(self) -> list[Row]:
+        """The next rows, in id order; empty at the end (Trio-flavoured)."""
+        source = self._source
+        return await run_driver(source._bridge, source._secrets, self._next_on_asyncio)
+
+    def close(self) -> None:
+        """Close the result and the session in the background."""
+        if self._session is not None:
+            self._source._bridge.spawn(self._close_on_asyncio, self._session, self._result)
+            self._session = self._result = None
+
+    async def _next_on_asyncio(self) -> list[Row]:
+        if self._session is None:
+            model = self._source._model
+            statement = window_statement(model, self._window).with_only_columns(
+                model.id, model.name
+            )
+            self._session = self._source._sessions()
+            self._result = await self._session.stream(
+                statement.execution_options(yield_per=self._batch_size)
+            )
+        batch = await self._result.fetchmany(self._batch_size)
+        return [checked_row(row_id, name) for row_id, name in batch]
+
+    @staticmethod
+    async def _close_on_asyncio(session: AsyncSession, result: Any) -> None:
+        try:
+            if result is not None:
+                await result.close()
+        finally:
+            await session.close()

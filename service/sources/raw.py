@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -96,6 +97,10 @@ class RawSource:
             self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
         )
 
+    def open_stream(self, window: Window, batch_size: int) -> RawStream:
+        """A server-side cursor over ``window`` (opened on the first batch)."""
+        return RawStream(self, window, batch_size)
+
     async def ping(self) -> None:
         """Check out a connection and run ``SELECT 1`` (Trio-flavoured)."""
         await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
@@ -128,3 +133,64 @@ async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool
         server_settings=limits.server_settings(),
     )
     return pool
+
+
+class RawStream:
+    """A server-side cursor on one pooled connection, read a batch per call.
+
+    The connection stays checked out, inside a read-only transaction, until
+    ``close``. A batch that failed or was abandoned leaves the connection in an
+    unknown state, so it is then cut rather than returned to the pool as is.
+    """
+
+    def __init__(
+        self,
+        source: RawSource,
+        window: Window,
+        batch_size: int,
+    ) -> None:
+        self._source = source
+        self._window = window
+        self._batch_size = batch_size
+        self._connection: Any = None
+        self._transaction: Any = None
+        self._cursor: Any = None
+        self._clean = True
+
+    async def next_batch(self) -> list[Row]:
+        """The next rows, in id order; empty at the end (Trio-flavoured)."""
+        source = self._source
+        self._clean = False
+        rows = await run_driver(source._bridge, source._secrets, self._next_on_asyncio)
+        self._clean = True
+        return rows
+
+    def close(self) -> None:
+        """End the transaction and return (or cut) the connection, in the background."""
+        if self._connection is not None:
+            self._source._bridge.spawn(self._close_on_asyncio, self._connection, self._clean)
+            self._connection = None
+
+    async def _next_on_asyncio(self) -> list[Row]:
+        timeout = self._source._limits.timeout
+        if self._cursor is None:
+            pool = self._source._pool
+            self._connection = await pool.acquire(timeout=timeout)  # type: ignore[misc]
+            self._transaction = self._connection.transaction(readonly=True)
+            await self._transaction.start()
+            self._cursor = await self._connection.cursor(
+                self._source._query, *window_args(self._window), timeout=timeout
+            )
+        records = await self._cursor.fetch(self._batch_size, timeout=timeout)
+        return [checked_row(record["id"], record["name"]) for record in records]
+
+    async def _close_on_asyncio(self, connection: Any, clean: bool) -> None:
+        timeout = self._source._limits.timeout
+        if clean:
+            try:
+                await asyncio.wait_for(self._transaction.rollback(), timeout)
+            except (Exception, asyncio.CancelledError):
+                connection.terminate()
+        else:
+            connection.terminate()
+        await self._source._pool.release(connection, timeout=timeout)  # type: ignore[attr-defined]

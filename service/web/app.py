@@ -2,7 +2,9 @@
 
 Routes::
 
-    GET /collect-data   every row of every source that answered, sorted by id
+    GET /collect-data        every row of every source that answered, sorted by id;
+                             a page of them (limit, after); or an NDJSON stream
+    GET /collect-data/{id}   the row with that id, from the sources that can hold it
     GET /livez          the process is alive (no dependency is checked)
     GET /readyz         per-source reachability; 503 only when no source answers
     GET /metrics        Prometheus text format
@@ -17,25 +19,31 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import request
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service.core import Collector
+from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
 from service.web import formats
 from service.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web.metrics import Metrics
+from service.web.params import ParamError, cursor_params, parse_id, parse_query
 
 log = logging.getLogger("collector.http")
 access_log = logging.getLogger("collector.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+#: Rows per server-side cursor batch when streaming: memory is bounded by the
+#: number of sources times this, while each batch is large enough that the
+#: round trip to the database is amortised over many rows.
+STREAM_BATCH = 5000
 # A client's request id is echoed only if it is short and harmless in a log line.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -50,43 +58,129 @@ def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTri
     app = QuartTrio("collector")
     app.extensions["metrics"] = metrics
 
+    source_names = frozenset(s.name for s in collector.sources)
+
     @app.get("/collect-data")
-    async def collect_data() -> Reply:
-        """Every row of every source that answered within the deadline."""
-        unknown = sorted(request.args.keys())
-        if unknown:
-            return formats.problem(
-                HTTPStatus.BAD_REQUEST,
-                f"Unknown query parameter {unknown[0]!r}: /collect-data takes no parameters.",
-                invalid_params=[{"name": name, "reason": "unknown parameter"} for name in unknown],
-            )
-        media_type: str | None = formats.JSON
-        if request.headers.get("Accept"):  # no Accept header means anything goes
-            media_type = request.accept_mimetypes.best_match([formats.JSON, formats.ENVELOPE_JSON])
+    async def collect_data() -> Reply | Response:
+        """Every row of every source that answered, or a page of them, or a stream."""
+        try:
+            query = parse_query(request.args.items(multi=True), source_names)
+        except ParamError as error:
+            return bad_param(error)
+        media_type = negotiate(formats.NDJSON)
         if media_type is None:
-            return formats.problem(
-                HTTPStatus.NOT_ACCEPTABLE,
-                f"/collect-data can answer with {formats.JSON} or {formats.ENVELOPE_JSON}.",
-            )
-        strict = formats.wants_strict(request.headers.getlist("Prefer"))
-        collection = await collector.collect()
-        fields = request_fields.get()
-        if fields is not None:
-            fields["complete"] = collection.complete
-            fields["missing"] = list(collection.missing)
+            return not_acceptable(formats.NDJSON)
+        if media_type == formats.NDJSON:
+            return ndjson_response(query)
+        collection = await collector.collect(query)
+        note_outcome(collection)
         headers = formats.collection_headers(collection)
-        headers["Vary"] = "Accept, Prefer"
-        if strict:
-            headers["Preference-Applied"] = "handling=strict"
-            if not collection.complete:
-                body, status, problem_headers = formats.incomplete_problem(collection)
-                return body, status, {**headers, **problem_headers}
+        if collection.next is not None and query.limit is not None:
+            link = f"{request.path}?{cursor_params(query.limit, collection.next)}"
+            headers["Link"] = f'<{link}>; rel="next"'
+        strict = strict_problem(collection, headers)
+        if strict is not None:
+            return strict
         if media_type == formats.ENVELOPE_JSON:
-            body = formats.envelope_json(collection)
+            body = formats.envelope_json(collection, query.limit, request.path)
         else:
             body = formats.rows_json(collection.rows)
         headers["Content-Type"] = media_type
         return body, HTTPStatus.OK, headers
+
+    @app.get("/collect-data/<path:row_id>")
+    async def collect_one(row_id: str) -> Reply:
+        """The row with one id, asking only the sources whose declared ranges hold it."""
+        try:
+            wanted = parse_id(row_id)
+        except ParamError as error:
+            return bad_param(error)
+        if request.args:
+            return bad_param(ParamError(next(iter(request.args)), "unknown parameter"))
+        media_type = negotiate()
+        if media_type is None:
+            return not_acceptable()
+        collection = await collector.collect(Query(after=wanted - 1, until=wanted))
+        note_outcome(collection)
+        headers = formats.collection_headers(collection)
+        strict = strict_problem(collection, headers)
+        if strict is not None:
+            return strict
+        if not collection.rows:
+            if collection.complete:
+                status, detail = HTTPStatus.NOT_FOUND, f"No source holds a row with id {wanted}."
+            else:
+                status = HTTPStatus.SERVICE_UNAVAILABLE
+                detail = (
+                    f"No row with id {wanted} was found, but "
+                    f"{', '.join(collection.missing)} did not answer and may hold it."
+                )
+            body, code, problem_headers = formats.problem(
+                status,
+                detail,
+                sources=[formats.outcome_json(o) for o in collection.outcomes],
+            )
+            return body, code, {**headers, **problem_headers}
+        if media_type == formats.ENVELOPE_JSON:
+            found = formats.envelope_json(collection, None, request.path)
+        else:
+            found = formats.row_json(collection.rows[0])
+        headers["Content-Type"] = media_type
+        return found, HTTPStatus.OK, headers
+
+    def negotiate(*extra: str) -> str | None:
+        """The media type to answer with, from the Accept header (None: none fits)."""
+        if not request.headers.get("Accept"):  # no Accept header means anything goes
+            return formats.JSON
+        offered = [formats.JSON, formats.ENVELOPE_JSON, *extra]
+        return request.accept_mimetypes.best_match(offered)
+
+    def not_acceptable(*extra: str) -> Reply:
+        offered = ", ".join([formats.JSON, formats.ENVELOPE_JSON, *extra])
+        return formats.problem(
+            HTTPStatus.NOT_ACCEPTABLE, f"{request.path} can answer with: {offered}."
+        )
+
+    def bad_param(error: ParamError) -> Reply:
+        return formats.problem(
+            HTTPStatus.BAD_REQUEST,
+            f"Invalid parameter {error.name!r}: {error.reason}.",
+            invalid_params=[{"name": error.name, "reason": error.reason}],
+        )
+
+    def note_outcome(collection: Collection) -> None:
+        fields = request_fields.get()
+        if fields is not None:
+            fields["complete"] = collection.complete
+            fields["missing"] = list(collection.missing)
+
+    def strict_problem(collection: Collection, headers: dict[str, str]) -> Reply | None:
+        headers["Vary"] = "Accept, Prefer"
+        if not formats.wants_strict(request.headers.getlist("Prefer")):
+            return None
+        headers["Preference-Applied"] = "handling=strict"
+        if collection.complete:
+            return None
+        body, status, problem_headers = formats.incomplete_problem(collection)
+        return body, status, {**headers, **problem_headers}
+
+    def ndjson_response(query: Query) -> Response:
+        limit = query.limit
+        path = request.path
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for item in collector.stream(query, STREAM_BATCH):
+                if isinstance(item, Collection):
+                    yield formats.stream_summary(item, limit, path)
+                else:
+                    yield formats.ndjson_rows(item)
+
+        return Response(
+            lines(),
+            status=HTTPStatus.OK,
+            content_type=formats.NDJSON,
+            headers={"Vary": "Accept, Prefer", "Cache-Control": "no-store"},
+        )
 
     @app.get("/livez")
     async def livez() -> Reply:

@@ -17,12 +17,17 @@ from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from service.core import Collection, IdRanges, Outcome, Probe, Row
+import orjson
+
+from service.core import Collection, Cursor, IdRanges, Outcome, Probe, Row
+from service.web.params import cursor_params
 
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 #: Media type of the envelope form of /collect-data (asked for with ``Accept``).
 ENVELOPE_JSON = "application/vnd.collector.envelope+json"
+#: Media type of the streamed form: one row per line, then one summary line.
+NDJSON = "application/x-ndjson"
 
 COMPLETE_HEADER = "Collection-Complete"
 MISSING_HEADER = "Collection-Missing"
@@ -30,20 +35,59 @@ MISSING_HEADER = "Collection-Missing"
 Headers = dict[str, str]
 
 
-def rows_json(rows: Iterable[Row]) -> str:
-    """The body the product promises: ``[{"id": 1, "name": "Test 1"}, ...]``."""
-    return json.dumps([{"id": row.id, "name": row.name} for row in rows], separators=(",", ":"))
+def rows_json(rows: Sequence[Row]) -> bytes:
+    """The body the product promises: ``[{"id": 1, "name": "Test 1"}, ...]``.
+
+    Rows are slotted dataclasses, which orjson serialises natively, field by field.
+    """
+    return orjson.dumps(rows)
 
 
-def envelope_json(collection: Collection) -> str:
-    """The rows together with every source's outcome, for clients that want details."""
-    body = {
-        "data": [{"id": row.id, "name": row.name} for row in collection.rows],
-        "complete": collection.complete,
-        "missing_ids": ranges_json(collection.missing_ids),
-        "sources": [outcome_json(outcome) for outcome in collection.outcomes],
+def row_json(row: Row) -> bytes:
+    """One row as a JSON object."""
+    return orjson.dumps(row)
+
+
+def ndjson_rows(rows: Iterable[Row]) -> bytes:
+    """Rows as NDJSON: one object per line."""
+    return b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows])
+
+
+def next_json(cursor: Cursor | None, limit: int | None, path: str) -> dict[str, Any] | None:
+    """The next-page cursor as the envelope and the stream summary report it."""
+    if cursor is None:
+        return None
+    return {
+        "after": cursor.after,
+        "behind": {name: position for name, position in cursor.behind},
+        "href": f"{path}?{cursor_params(limit, cursor)}" if limit is not None else None,
     }
-    return json.dumps(body, separators=(",", ":"))
+
+
+def envelope_json(collection: Collection, limit: int | None = None, path: str = "") -> bytes:
+    """The rows together with every source's outcome, for clients that want details."""
+    return orjson.dumps(
+        {
+            "data": collection.rows,
+            "complete": collection.complete,
+            "missing_ids": ranges_json(collection.missing_ids),
+            "sources": [outcome_json(outcome) for outcome in collection.outcomes],
+            "next": next_json(collection.next, limit, path),
+        }
+    )
+
+
+def stream_summary(collection: Collection, limit: int | None, path: str) -> bytes:
+    """The last line of an NDJSON stream: completeness per source, where to resume."""
+    return orjson.dumps(
+        {
+            "complete": collection.complete,
+            "missing_ids": ranges_json(collection.missing_ids),
+            "sources": [outcome_json(outcome) for outcome in collection.outcomes],
+            "next": next_json(collection.next, limit, path),
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -82,7 +126,7 @@ def collection_headers(collection: Collection) -> Headers:
         "Server-Timing": server_timing(collection.outcomes),
         COMPLETE_HEADER: "?1" if collection.complete else "?0",
     }
-    missing = [o for o in collection.outcomes if o.status.value != "ok"]
+    missing = [o for o in collection.outcomes if not o.status.answered]
     if missing:
         headers[MISSING_HEADER] = ", ".join(
             f"{sf_string(o.source)};status={o.status.value}" for o in missing
@@ -114,7 +158,7 @@ def wants_strict(prefer_headers: Iterable[str]) -> bool:
 
 def incomplete_problem(collection: Collection) -> tuple[str, int, Headers]:
     """The 503 answer to a strict request whose result is incomplete."""
-    failed = [o for o in collection.outcomes if o.status.value != "ok"]
+    failed = [o for o in collection.outcomes if not o.status.answered]
     listing = ", ".join(f"{o.source} ({o.status.value})" for o in failed)
     return problem(
         HTTPStatus.SERVICE_UNAVAILABLE,

@@ -32,6 +32,8 @@ class FakeSource:
         self.windows: list[Window] = []
         self.cancelled = 0
         self.reachable = error is None
+        self.fail_at_batch: int | None = None
+        self.streams: list[FakeStream] = []
 
     @property
     def name(self) -> str:
@@ -60,3 +62,46 @@ class FakeSource:
     async def ping(self) -> None:
         if not self.reachable:
             raise ConnectionRefusedError(111, "Connection refused")
+
+    def open_stream(self, window: Window, batch_size: int) -> FakeStream:
+        self.calls += 1
+        self.windows.append(window)
+        return FakeStream(self, window, batch_size)
+
+
+class FakeStream:
+    """A fake server-side cursor: batches of the source's rows in the window.
+
+    ``fail_at_batch`` makes that batch (0-based) raise the source's ``error``, or
+    stall past any deadline if ``error`` is None.
+    """
+
+    def __init__(self, source: FakeSource, window: Window, batch_size: int) -> None:
+        self.source = source
+        self.rows = [
+            row
+            for row in source.result
+            if (window.after is None or row.id > window.after)
+            and (window.until is None or row.id <= window.until)
+        ][: window.limit]
+        self.batch_size = batch_size
+        self.served = 0
+        self.batches = 0
+        self.closed = False
+        source.streams.append(self)
+
+    async def next_batch(self) -> list[Row]:
+        await trio.sleep(self.source.delay)
+        if self.source.error is not None and self.source.fail_at_batch is None:
+            raise self.source.error
+        if self.source.fail_at_batch == self.batches:
+            if self.source.error is not None:
+                raise self.source.error
+            await trio.sleep_forever()
+        self.batches += 1
+        batch = self.rows[self.served : self.served + self.batch_size]
+        self.served += len(batch)
+        return batch
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,16 +23,15 @@ class FakeSession:
         self.statements.append(statement)
         return self.objects
 
+    async def __aenter__(self) -> FakeSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.closed = True
+
 
 def session_factory(session: FakeSession) -> Any:
-    @asynccontextmanager
-    async def open_session() -> AsyncIterator[FakeSession]:
-        try:
-            yield session
-        finally:
-            session.closed = True
-
-    return open_session
+    return lambda: session
 
 
 def compiled(statement: Select[Any]) -> str:

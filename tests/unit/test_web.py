@@ -9,6 +9,7 @@ from service.core import Collector, Member
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 
+ENVELOPE = "application/vnd.collector.envelope+json"
 TIMING_ENTRY = re.compile(r'^(?P<name>[\w.-]+);dur=(?P<dur>\d+\.\d);desc="(?P<desc>\w+)"$')
 
 
@@ -77,7 +78,9 @@ async def test_unknown_query_parameter_gets_a_problem_document() -> None:
     assert body["status"] == 400
     assert body["title"] == "Bad Request"
     assert "'limt'" in body["detail"]
-    assert body["invalid_params"] == [{"name": "limt", "reason": "unknown parameter"}]
+    assert body["invalid_params"] == [
+        {"name": "limt", "reason": "unknown parameter (known: limit, after, behind)"}
+    ]
 
 
 async def test_unknown_path_gets_a_problem_document() -> None:
@@ -262,3 +265,92 @@ async def test_every_response_carries_a_request_id() -> None:
     assert echoed.headers["X-Request-Id"] == "abc-123"
     unsafe = await client.get("/livez", headers={"X-Request-Id": "a b\tc"})
     assert unsafe.headers["X-Request-Id"] != "a b\tc"
+
+
+def reference_app(**broken: FakeSource) -> QuartTrio:
+    layout = {
+        "source_1": ((1, 10), (31, 40)),
+        "source_2": ((11, 20), (41, 50)),
+        "source_3": ((21, 30), (51, 60)),
+    }
+    members = []
+    for name, ranges in layout.items():
+        ids = [i for first, last in ranges for i in range(first, last + 1)]
+        source = broken.get(name) or FakeSource(name, rows(*ids))
+        members.append(Member(source, ids=ranges))
+    return create_app(Collector(members, timeout=2.0))
+
+
+async def test_page_links_to_the_next_page() -> None:
+    client = reference_app().test_client()
+    response = await client.get("/collect-data?limit=5&after=8")
+    assert [r["id"] for r in json.loads(await response.get_data())] == [9, 10, 11, 12, 13]
+    assert response.headers["Link"] == '</collect-data?limit=5&after=13>; rel="next"'
+
+
+async def test_last_page_has_no_link() -> None:
+    response = await reference_app().test_client().get("/collect-data?limit=10&after=55")
+    assert "Link" not in response.headers
+    assert response.headers["Server-Timing"].count('desc="pruned"') == 2
+
+
+async def test_partial_page_links_back_to_the_missing_source() -> None:
+    app = reference_app(source_2=FakeSource("source_2", error=OSError("down")))
+    response = await app.test_client().get(
+        "/collect-data?limit=5&after=8", headers={"Accept": ENVELOPE}
+    )
+    body = json.loads(await response.get_data())
+    assert [r["id"] for r in body["data"]] == [9, 10, 21, 22, 23]
+    assert body["next"] == {
+        "after": 23,
+        "behind": {"source_2": 8},
+        "href": "/collect-data?limit=5&after=23&behind=source_2:8",
+    }
+    assert response.headers["Link"] == f'<{body["next"]["href"]}>; rel="next"'
+
+
+async def test_one_id_is_answered_by_the_source_that_holds_it() -> None:
+    response = await reference_app().test_client().get("/collect-data/42")
+    assert response.status_code == 200
+    assert json.loads(await response.get_data()) == {"id": 42, "name": "Test 42"}
+    assert timing(response.headers["Server-Timing"])[0][2] == "pruned"
+    assert [entry[2] for entry in timing(response.headers["Server-Timing"])] == [
+        "pruned",
+        "ok",
+        "pruned",
+    ]
+
+
+async def test_absent_id_is_404_when_its_source_answered() -> None:
+    response = await reference_app().test_client().get("/collect-data/61")
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+
+
+async def test_absent_id_is_503_when_its_source_is_down() -> None:
+    app = reference_app(source_2=FakeSource("source_2", error=OSError("down")))
+    response = await app.test_client().get("/collect-data/42")
+    assert response.status_code == 503
+    body = json.loads(await response.get_data())
+    assert "source_2 did not answer" in body["detail"]
+
+
+async def test_bad_id_is_400() -> None:
+    response = await reference_app().test_client().get("/collect-data/forty-two")
+    assert response.status_code == 400
+    assert json.loads(await response.get_data())["invalid_params"][0]["name"] == "id"
+
+
+async def test_ndjson_streams_rows_then_a_summary_line() -> None:
+    app = reference_app(source_3=FakeSource("source_3", error=OSError("down")))
+    response = await app.test_client().get(
+        "/collect-data", headers={"Accept": "application/x-ndjson"}
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "application/x-ndjson"
+    lines = [json.loads(line) for line in (await response.get_data()).splitlines()]
+    *data, summary = lines
+    assert [row["id"] for row in data] == [*range(1, 21), *range(31, 51)]
+    assert summary["complete"] is False
+    assert [s["status"] for s in summary["sources"]] == ["ok", "ok", "error"]
+    assert summary["missing_ids"] == [[21, 30], [51, 60]]
