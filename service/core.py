@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice, pairwise
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -68,9 +68,13 @@ class SourceError(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One row of the product's single table shape."""
+class Row(NamedTuple):
+    """One row of the product's single table shape.
+
+    A named tuple rather than a dataclass: millions of them are made when a
+    stream is merged, and a tuple is built at C speed (a frozen dataclass takes
+    about three times as long here).
+    """
 
     id: int
     name: str | None

@@ -11,7 +11,13 @@ from typing import Any, Protocol
 import asyncpg
 
 from service.core import Row, Window
-from service.sources.base import IDLE_CONNECTION_LIFETIME, DriverLimits, checked_row, run_driver
+from service.sources.base import (
+    IDLE_CONNECTION_LIFETIME,
+    DriverLimits,
+    ReadAhead,
+    checked_rows,
+    run_driver,
+)
 from service.sources.bridge import AsyncioBridge
 
 
@@ -109,7 +115,7 @@ class RawSource:
         timeout = self._limits.timeout
         async with self._pool.acquire(timeout=timeout) as connection:
             records = await connection.fetch(self._query, *window_args(window), timeout=timeout)
-        return [checked_row(record["id"], record["name"]) for record in records]
+        return checked_rows(records)
 
     async def _ping_on_asyncio(self) -> None:
         timeout = self._limits.timeout
@@ -155,6 +161,7 @@ class RawStream:
         self._connection: Any = None
         self._transaction: Any = None
         self._cursor: Any = None
+        self._read_ahead: ReadAhead | None = None
         self._clean = True
 
     async def next_batch(self) -> list[Row]:
@@ -167,6 +174,8 @@ class RawStream:
 
     def close(self) -> None:
         """End the transaction and return (or cut) the connection, in the background."""
+        if self._read_ahead is not None and self._read_ahead.cancel():
+            self._clean = False  # a fetch was in flight on the connection
         if self._connection is not None:
             self._source._bridge.spawn(self._close_on_asyncio, self._connection, self._clean)
             self._connection = None
@@ -181,8 +190,13 @@ class RawStream:
             self._cursor = await self._connection.cursor(
                 self._source._query, *window_args(self._window), timeout=timeout
             )
-        records = await self._cursor.fetch(self._batch_size, timeout=timeout)
-        return [checked_row(record["id"], record["name"]) for record in records]
+            self._read_ahead = ReadAhead(self._fetch_batch, self._batch_size)
+        assert self._read_ahead is not None
+        return await self._read_ahead.next()
+
+    async def _fetch_batch(self) -> list[Row]:
+        timeout = self._source._limits.timeout
+        return checked_rows(await self._cursor.fetch(self._batch_size, timeout=timeout))
 
     async def _close_on_asyncio(self, connection: Any, clean: bool) -> None:
         timeout = self._source._limits.timeout

@@ -8,6 +8,7 @@ Routes::
     GET /livez          the process is alive (no dependency is checked)
     GET /readyz         per-source reachability; 503 only when no source answers
     GET /metrics        Prometheus text format
+    GET /openapi.json   the OpenAPI description; GET /docs renders it (offline)
 
 Every error the client can cause is answered with an RFC 9457 problem document;
 nothing the client sends can produce a stack trace.
@@ -27,11 +28,12 @@ import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Response, request
 from quart_trio import QuartTrio
+from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
-from service.web import formats
+from service.web import formats, openapi
 from service.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web.metrics import Metrics
 from service.web.params import ParamError, cursor_params, parse_id, parse_query
@@ -59,6 +61,7 @@ def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTri
     app.extensions["metrics"] = metrics
 
     source_names = frozenset(s.name for s in collector.sources)
+    spec = openapi.openapi_document([s.name for s in collector.sources])
 
     @app.get("/collect-data")
     async def collect_data() -> Reply | Response:
@@ -198,6 +201,28 @@ def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTri
         }
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         return json.dumps(body), status, {"Content-Type": formats.JSON}
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Reply:
+        """The OpenAPI description of this API."""
+        return json.dumps(spec), HTTPStatus.OK, {"Content-Type": formats.JSON}
+
+    @app.get("/docs")
+    async def docs() -> Reply:
+        """Interactive docs (Swagger UI), with every asset served from here."""
+        return openapi.DOCS_HTML, HTTPStatus.OK, {"Content-Type": "text/html; charset=utf-8"}
+
+    @app.get("/docs/init.js")
+    async def docs_init() -> Reply:
+        return openapi.DOCS_INIT_JS, HTTPStatus.OK, {"Content-Type": "text/javascript"}
+
+    @app.get("/docs/<name>")
+    async def docs_asset(name: str) -> Reply:
+        if name not in openapi.DOCS_ASSETS:
+            return formats.problem(HTTPStatus.NOT_FOUND, f"No docs asset {name[:64]!r}.")
+        content = (swagger_ui_path / name).read_bytes()
+        headers = {"Content-Type": openapi.DOCS_ASSETS[name], "Cache-Control": "max-age=86400"}
+        return content, HTTPStatus.OK, headers
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Reply:

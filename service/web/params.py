@@ -68,8 +68,10 @@ def parse_int(name: str, text: str, low: int, high: int) -> int:
 
 
 def parse_behind(text: str, sources: Collection[str]) -> tuple[tuple[str, int | None], ...]:
-    """``name[:id],...`` into (source, position) pairs."""
+    """``name[:id],...`` into (source, position) pairs; empty means none."""
     entries: list[tuple[str, int | None]] = []
+    if not text:
+        return ()
     for item in text.split(","):
         name, colon, position = item.partition(":")
         if name not in sources:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -208,3 +211,92 @@ async def test_client_that_disconnects_leaves_no_query_running(
             await stream.aclose()  # the client gives up long before the 10 s deadline
             await trio.sleep(0.2)
             assert await admin.active_queries("collector:source_1") == 0
+
+
+async def test_pages_and_streams_over_http(reference_config: Config, tmp_path: Path) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        seen: list[dict[str, object]] = []
+        url: str | None = "/collect-data?limit=25"
+        while url is not None:
+            page = await client.get(url)
+            assert page.status_code == 200
+            seen.extend(page.json())
+            url = page.links.get("next", {}).get("url")
+        assert seen == REFERENCE
+
+        stream = await client.get("/collect-data", headers={"Accept": "application/x-ndjson"})
+        assert stream.headers["content-type"] == "application/x-ndjson"
+        *rows, summary = [json.loads(line) for line in stream.text.splitlines()]
+        assert rows == REFERENCE
+        assert summary["complete"] is True
+
+        one = await client.get("/collect-data/42")
+        assert one.json() == {"id": 42, "name": "Test 42"}
+        assert one.headers["server-timing"].count('desc="pruned"') == 2
+
+
+async def test_schemathesis_finds_no_server_error_against_the_openapi_document(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    checks = ",".join(
+        [
+            "not_a_server_error",
+            "status_code_conformance",
+            "content_type_conformance",
+            "response_headers_conformance",
+            "response_schema_conformance",
+        ]
+    )
+    async with running_server(["--config", str(config_file)]) as server:
+        result = await trio.run_process(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                checks,
+                "--max-examples",
+                "25",
+                "--seed",
+                "1",
+                "--workers",
+                "1",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    report = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+    assert result.returncode == 0, report[-4000:]
+
+
+async def test_docs_page_is_served_with_its_own_assets(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert assets, page.text
+        for asset in assets:
+            assert asset.startswith("/docs/"), f"{asset} is not served by us"
+            response = await client.get(asset)
+            assert response.status_code == 200, asset
+            assert len(response.content) > 20
+        spec = (await client.get("/openapi.json")).json()
+        assert set(spec["paths"]) == {
+            "/collect-data",
+            "/collect-data/{id}",
+            "/livez",
+            "/readyz",
+            "/metrics",
+        }
