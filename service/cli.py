@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"collector: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        return _serve(config, args.host, args.port)
+        return _serve(config, args.host, args.port, args.workers)
     return _init_db(config)
 
 
@@ -55,9 +55,25 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes, each with its own pools (default: %(default)s)",
+    )
     init = commands.add_parser("init-db", help="create each source's database, table and seed rows")
     init.add_argument("--config", type=Path, metavar="PATH", help=config_help)
     return parser
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 1 <= workers <= 64:
+        raise argparse.ArgumentTypeError(f"workers must be between 1 and 64, got {workers}")
+    return workers
 
 
 def _port(text: str) -> int:
@@ -77,11 +93,11 @@ def _load(path: Path | None) -> Config | None:
     return None if path is None else load_config(path)
 
 
-def _serve(config: Config | None, host: str, port: int) -> int:
+def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
     import trio
 
     from service.embedded import data_dir, embedded_server, reference_config
-    from service.server import ServeError, find_exception, serve
+    from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
 
     with ExitStack() as stack:
         seed = config is None
@@ -90,6 +106,10 @@ def _serve(config: Config | None, host: str, port: int) -> int:
             print(f"collector: no config given; embedded PostgreSQL in {directory}", flush=True)
             config = reference_config(stack.enter_context(embedded_server(directory)))
         try:
+            if workers > 1:
+                if seed:
+                    trio.run(seed_sources, config)
+                return serve_workers(config, host, port, workers)
             trio.run(partial(serve, config, host, port, seed=seed))
         except BaseException as exc:
             if (error := find_exception(exc, ServeError)) is None:

@@ -6,6 +6,7 @@ every problem is reported as one line naming the file and the offending key.
 
 ```toml
 timeout = 2.0                 # seconds each source may take; missing = 2.0
+coalesce = true               # share a fan-out among identical requests arriving together
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -53,7 +54,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # plain PostgreSQL identifiers (63 bytes) so quoting can never be escaped.
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
-_TOP_KEYS = frozenset({"timeout", "sources"})
+_TOP_KEYS = frozenset({"timeout", "sources", "coalesce"})
 _SOURCE_KEYS = frozenset(
     {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
 )
@@ -101,6 +102,8 @@ class Config:
 
     sources: tuple[SourceConfig, ...]
     timeout: float = DEFAULT_TIMEOUT
+    coalesce: bool = True
+    """Share one fan-out among identical requests that arrive before it starts."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -168,7 +171,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         if source.name in seen:
             raise ConfigError(f"duplicate source name {source.name!r}")
         seen.add(source.name)
-    return Config(sources=sources, timeout=timeout)
+    coalesce = data.get("coalesce", True)
+    if not isinstance(coalesce, bool):
+        raise ConfigError(f"'coalesce' must be true or false, got {coalesce!r}")
+    return Config(sources=sources, timeout=timeout, coalesce=coalesce)
 
 
 def _parse_timeout(value: object) -> float:

@@ -12,19 +12,25 @@ the whole process; ``collector init-db`` never imports it.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 from functools import partial
 from typing import TypeVar
 
-import hypercorn.trio
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
+from service.coalesce import Coalescer
 from service.config import Config
 from service.core import Collector
 from service.dbinit import init_source
+from service.logs import setup_logging
 from service.sources import open_sources
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
@@ -61,20 +67,32 @@ async def serve(
     port: int = DEFAULT_PORT,
     *,
     seed: bool = False,
+    sockets: Sockets | None = None,
+    worker: int | None = None,
 ) -> None:
-    """Serve ``config`` until SIGINT or SIGTERM; ``seed`` first runs init-db on every source."""
+    """Serve ``config`` until SIGINT or SIGTERM; ``seed`` first runs init-db on every source.
+
+    ``sockets`` are listening sockets made by a parent process that runs several
+    workers (see ``serve_workers``); without them this binds ``host:port`` itself.
+    """
     async with trio_asyncio.open_loop() as loop:
         bridge = AsyncioBridge(loop)
         if seed:
-            for source in config.sources:
-                report = await bridge.run(init_source, source)
-                log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
+            await _seed(bridge, config)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
-            app = create_app(Collector(members, config.timeout))
+            collector = Collector(members, config.timeout)
+            coalescer = Coalescer(collector.collect, nursery) if config.coalesce else None
+            app = create_app(collector, coalescer=coalescer)
             hconfig = hypercorn_config(host, port, config.timeout)
             try:
                 binds: list[str] = await nursery.start(
-                    partial(hypercorn.trio.serve, app, hconfig, shutdown_trigger=_until_signal)
+                    partial(
+                        worker_serve,
+                        wrap_app(app, hconfig.wsgi_max_body_size, None),
+                        hconfig,
+                        sockets=sockets,
+                        shutdown_trigger=_until_signal,
+                    )
                 )
             except BaseException as exc:
                 # Trio reports a failure to bind wrapped in an exception group.
@@ -83,7 +101,64 @@ async def serve(
                 reason = bind_error.strerror or bind_error
                 raise ServeError(f"cannot listen on {host}:{port}: {reason}") from None
             names = ", ".join(f"{s.name} ({s.access})" for s in config.sources)
-            print(f"collector: serving {binds[0]}/collect-data from {names}", flush=True)
+            who = "" if worker is None else f" (worker {worker})"
+            print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
+
+
+async def seed_sources(config: Config) -> None:
+    """Run init-db on every source (for the embedded default, before workers start)."""
+    async with trio_asyncio.open_loop() as loop:
+        await _seed(AsyncioBridge(loop), config)
+
+
+async def _seed(bridge: AsyncioBridge, config: Config) -> None:
+    for source in config.sources:
+        report = await bridge.run(init_source, source)
+        log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
+
+
+def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
+    """Run ``workers`` processes serving one listening socket; return an exit code.
+
+    The parent binds the socket and hands it to each worker (as Hypercorn's own
+    multi-worker mode does), so the kernel spreads connections among them. Each
+    worker has its own asyncio loop and pools: ``pool_size`` is per worker.
+    SIGINT or SIGTERM to the parent is passed on, and each worker shuts down
+    gracefully.
+    """
+    hconfig = hypercorn_config(host, port, config.timeout)
+    try:
+        sockets = hconfig.create_sockets()
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    for sock in sockets.insecure_sockets:
+        sock.listen(hconfig.backlog)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(config, host, port, sockets, index))
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for process in processes:
+        process.join()
+    for sock in sockets.insecure_sockets:
+        sock.close()
+    return max((p.exitcode or 0) for p in processes)
+
+
+def _worker_main(config: Config, host: str, port: int, sockets: Sockets, index: int) -> None:
+    """Entry point of one worker process."""
+    setup_logging()
+    trio.run(partial(serve, config, host, port, sockets=sockets, worker=index))
 
 
 def find_exception(error: BaseException, kind: type[E]) -> E | None:

@@ -125,6 +125,10 @@ def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
     url = make_url(dsn).set(drivername="postgresql+asyncpg")
     return create_async_engine(
         url,
+        # Each fetch is one SELECT: in autocommit the driver sends no BEGIN before
+        # it and the pool no ROLLBACK after it, two round trips saved per request.
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
         pool_size=size,
         max_overflow=0,
         pool_timeout=limits.timeout,

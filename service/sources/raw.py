@@ -123,6 +123,14 @@ class RawSource:
             await connection.fetch("SELECT 1", timeout=timeout)
 
 
+async def _keep_session(connection: object) -> None:
+    """Skip asyncpg's reset query on release: these sessions only ever SELECT.
+
+    By default every release runs ``RESET ALL; UNLISTEN *; ...``: a round trip per
+    request that undoes nothing here, since no query of ours sets session state.
+    """
+
+
 async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool:
     """An asyncpg pool that opens no connection up front (asyncio-flavoured).
 
@@ -131,6 +139,7 @@ async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool
     """
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
+        reset=_keep_session,
         min_size=0,
         max_size=size,
         timeout=limits.timeout,

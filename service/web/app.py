@@ -31,6 +31,7 @@ from quart_trio import QuartTrio
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from service.coalesce import Coalescer
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
 from service.web import formats, openapi
@@ -52,9 +53,15 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Reply = tuple[str | bytes, int, dict[str, str]]
 
 
-def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTrio:
-    """The ASGI app serving ``collector``; it owns no connections of its own."""
+def create_app(
+    collector: Collector, metrics: Metrics | None = None, coalescer: Coalescer | None = None
+) -> QuartTrio:
+    """The ASGI app serving ``collector``; it owns no connections of its own.
+
+    With a ``coalescer``, identical queries arriving together share one fan-out.
+    """
     metrics = metrics or Metrics()
+    collect = coalescer.collect if coalescer is not None else collector.collect
     metrics.watch_breakers(collector.breaker_states)
     collector.add_observer(metrics.observe)
     app = QuartTrio("collector")
@@ -75,7 +82,7 @@ def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTri
             return not_acceptable(formats.NDJSON)
         if media_type == formats.NDJSON:
             return ndjson_response(query)
-        collection = await collector.collect(query)
+        collection = await collect(query)
         note_outcome(collection)
         headers = formats.collection_headers(collection)
         if collection.next is not None and query.limit is not None:
@@ -103,7 +110,7 @@ def create_app(collector: Collector, metrics: Metrics | None = None) -> QuartTri
         media_type = negotiate()
         if media_type is None:
             return not_acceptable()
-        collection = await collector.collect(Query(after=wanted - 1, until=wanted))
+        collection = await collect(Query(after=wanted - 1, until=wanted))
         note_outcome(collection)
         headers = formats.collection_headers(collection)
         strict = strict_problem(collection, headers)

@@ -39,8 +39,13 @@ class Server:
     output: list[str] = field(default_factory=list)
 
 
-def write_config(path: Path, config: Config, timeout: float | None = None) -> Path:
-    lines = [f"timeout = {timeout if timeout is not None else config.timeout}"]
+def write_config(
+    path: Path, config: Config, timeout: float | None = None, *, coalesce: bool = True
+) -> Path:
+    lines = [
+        f"timeout = {timeout if timeout is not None else config.timeout}",
+        f"coalesce = {'true' if coalesce and config.coalesce else 'false'}",
+    ]
     for source in config.sources:
         lines += [
             "[[sources]]",
