@@ -6,14 +6,16 @@ arrived. A row committed before a request is sent is therefore always in its
 answer, exactly as without coalescing; what is saved is only the duplicate work
 of requests that arrive in the same instant.
 
-How: the first request for a query opens a group and schedules the fan-out in
-the service's nursery. The fan-out task yields once to the scheduler before it
-closes the group and starts reading, so every request already on its way in that
-same scheduling pass joins; anything arriving after the group closed opens the
-next group. The fan-out runs in the service's nursery, not in the first
-request's task, so a client that disconnects cancels only its own wait, never
-the answer of the others. Its deadline starts when it starts, a scheduling pass
-after the earliest joined request arrived.
+How: the first request for a query opens a group and schedules its fan-out in
+the service's nursery. The group stays open, gathering every identical request
+that arrives, until the fan-out starts: one scheduling pass later, or, while an
+earlier fan-out for the same query is still reading, when that one ends (so under
+load each fan-out serves everything that arrived during the previous one), but
+never later than ``MAX_WAIT`` after the group opened. The fan-out's sources get
+the deadline of the group's *first* request, less what it waited, so no joined
+request is answered later than its own deadline. The fan-out runs in the
+service's nursery, not in a request's task, so a client that disconnects cancels
+only its own wait, never the answer of the others.
 """
 
 from __future__ import annotations
@@ -25,25 +27,37 @@ import trio
 
 from service.core import Collection, Query
 
+#: Longest a group waits for an earlier fan-out of the same query to end before it
+#: starts its own anyway. A slow source must not stack one deadline on another.
+MAX_WAIT = 0.02
+
 
 @dataclass(eq=False)
 class _Group:
     """The requests waiting on one fan-out that has not started yet."""
 
+    opened: float
     done: trio.Event = field(default_factory=trio.Event)
     result: Collection | None = None
     members: int = 0
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    """Cancelled when every member has gone: nobody is left to answer."""
 
 
 class Coalescer:
     """Shares each fan-out among the identical queries that arrive before it starts."""
 
     def __init__(
-        self, collect: Callable[[Query], Awaitable[Collection]], nursery: trio.Nursery
+        self,
+        collect: Callable[..., Awaitable[Collection]],
+        nursery: trio.Nursery,
+        timeout: float,
     ) -> None:
         self._collect = collect
         self._nursery = nursery
+        self._timeout = timeout
         self._open: dict[Query, _Group] = {}
+        self._reading: dict[Query, trio.Event] = {}
         self.fan_outs = 0
         """How many fan-outs ran: fewer than requests when requests were shared."""
 
@@ -51,17 +65,45 @@ class Coalescer:
         """The collection for ``query``, from a fan-out that starts after this call."""
         group = self._open.get(query)
         if group is None:
-            group = self._open[query] = _Group()
+            group = self._open[query] = _Group(opened=trio.current_time())
             self._nursery.start_soon(self._fan_out, query, group)
         group.members += 1
-        await group.done.wait()
+        try:
+            await group.done.wait()
+        except BaseException:
+            # This client went away. The others still want the answer; if it was
+            # the last one, stop the fan-out so no query is left running for nobody.
+            group.members -= 1
+            if group.members == 0:
+                self._close(query, group)
+                group.scope.cancel()
+            raise
         assert group.result is not None
         return group.result
 
     async def _fan_out(self, query: Query, group: _Group) -> None:
-        # One pass of the scheduler: requests already runnable join this group.
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        del self._open[query]  # closed: from here on, a new request opens a new group
-        self.fan_outs += 1
-        group.result = await self._collect(query)
+        reading: trio.Event | None = None
+        try:
+            with group.scope:
+                # One pass of the scheduler: requests already runnable join this group.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                earlier = self._reading.get(query)
+                if earlier is not None:
+                    with trio.move_on_at(group.opened + MAX_WAIT):
+                        await earlier.wait()
+                self._close(query, group)  # from here on, a new request opens a new group
+                reading = self._reading[query] = trio.Event()
+                self.fan_outs += 1
+                budget = self._timeout - (trio.current_time() - group.opened)
+                group.result = await self._collect(query, budget=budget)
+        finally:
+            self._close(query, group)
+            if reading is not None:
+                reading.set()
+                if self._reading.get(query) is reading:
+                    del self._reading[query]
         group.done.set()
+
+    def _close(self, query: Query, group: _Group) -> None:
+        if self._open.get(query) is group:
+            del self._open[query]

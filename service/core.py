@@ -270,12 +270,17 @@ class Collector:
         """Each source's breaker state as of now."""
         return {m.source.name: b.state for m, b in zip(self._members, self._breakers, strict=True)}
 
-    async def collect(self, query: Query | None = None) -> Collection:
+    async def collect(
+        self, query: Query | None = None, *, budget: float | None = None
+    ) -> Collection:
         """Ask every source concurrently and return whatever arrived in time.
 
+        Each source may take the timeout, or ``budget`` seconds when the caller has
+        already spent part of its deadline (a coalesced request that waited).
         Never raises because of a source: every failure becomes an outcome.
         """
         query = query or Query()
+        budget = self._timeout if budget is None else max(0.0, min(budget, self._timeout))
         # Each child task writes only its own slot, so no locking is needed, and
         # each child catches every error its source can raise. That is what keeps
         # the nursery from ever cancelling siblings: one broken source cannot take
@@ -285,7 +290,7 @@ class Collector:
         results: list[tuple[Outcome, Sequence[Row]] | None] = [None] * len(self._members)
         async with trio.open_nursery() as nursery:
             for index in range(len(self._members)):
-                nursery.start_soon(self._fetch_one, index, query, results)
+                nursery.start_soon(self._fetch_one, index, query, budget, results)
         outcomes: list[Outcome] = []
         batches: list[Sequence[Row]] = []
         for result in results:
@@ -458,7 +463,11 @@ class Collector:
         return tuple(p for p in probes if p is not None)
 
     async def _fetch_one(
-        self, index: int, query: Query, results: list[tuple[Outcome, Sequence[Row]] | None]
+        self,
+        index: int,
+        query: Query,
+        budget: float,
+        results: list[tuple[Outcome, Sequence[Row]] | None],
     ) -> None:
         member, breaker = self._members[index], self._breakers[index]
         source = member.source
@@ -482,7 +491,7 @@ class Collector:
             status = Status.TIMEOUT
             error = None
             try:
-                with trio.move_on_after(self._timeout):
+                with trio.move_on_after(budget):
                     try:
                         rows = await source.fetch(window)
                         check_order(rows)
@@ -499,7 +508,7 @@ class Collector:
             breaker.record(permit, success=status is Status.OK)
         duration = trio.current_time() - start
         if status is Status.TIMEOUT and error is None:
-            error = f"no answer within {self._timeout:g} s"
+            error = f"no answer within {budget:g} s"
         out_of_range = 0
         if status is Status.OK:
             if member.ids is not None:

@@ -81,7 +81,9 @@ async def serve(
             await _seed(bridge, config)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
             collector = Collector(members, config.timeout)
-            coalescer = Coalescer(collector.collect, nursery) if config.coalesce else None
+            coalescer = None
+            if config.coalesce:
+                coalescer = Coalescer(collector.collect, nursery, config.timeout)
             app = create_app(collector, coalescer=coalescer)
             hconfig = hypercorn_config(host, port, config.timeout)
             try:

@@ -28,6 +28,7 @@ from service.sources.bridge import AsyncioBridge
 
 #: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
 SessionFactory = Callable[[], AsyncSession]
+_EVERYTHING = Window()
 
 
 class RowColumns:
@@ -85,6 +86,7 @@ class OrmSource:
         self._sessions = sessions
         self._bridge = bridge
         self._secrets = secrets
+        self._everything: Select[int, str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -111,9 +113,18 @@ class OrmSource:
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         async with self._sessions() as session:
-            model = self._model
-            statement = window_statement(model, window).with_only_columns(model.id, model.name)
-            return checked_rows(await session.execute(statement))
+            return checked_rows(await session.execute(self._statement(window)))
+
+    def _statement(self, window: Window) -> Select[int, str | None]:
+        # Building the statement costs more than running it on a warm connection;
+        # the unbounded window (every plain /collect-data) is built once.
+        if window == _EVERYTHING and self._everything is not None:
+            return self._everything
+        model = self._model
+        statement = window_statement(model, window).with_only_columns(model.id, model.name)
+        if window == _EVERYTHING:
+            self._everything = statement
+        return statement
 
 
 def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
@@ -185,7 +196,11 @@ class OrmStream:
                 model.id, model.name
             )
             self._session = self._source._sessions()
-            connection = await self._session.connection()
+            # A server-side cursor lives in a transaction; the engine is in
+            # autocommit for single SELECTs, so this connection opts out of it.
+            connection = await self._session.connection(
+                execution_options={"isolation_level": "READ COMMITTED"}
+            )
             self._result = await connection.stream(
                 statement.execution_options(yield_per=self._batch_size)
             )

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -68,6 +69,7 @@ def create_app(
     app.extensions["metrics"] = metrics
 
     source_names = frozenset(s.name for s in collector.sources)
+    bodies = BodyCache()
     spec = openapi.openapi_document([s.name for s in collector.sources])
 
     @app.get("/collect-data")
@@ -94,7 +96,7 @@ def create_app(
         if media_type == formats.ENVELOPE_JSON:
             body = formats.envelope_json(collection, query.limit, request.path)
         else:
-            body = formats.rows_json(collection.rows)
+            body = bodies.rows_json(collection)
         headers["Content-Type"] = media_type
         return body, HTTPStatus.OK, headers
 
@@ -253,6 +255,28 @@ def create_app(
 
     app.asgi_app = RequestTelemetry(app.asgi_app, metrics)  # type: ignore[method-assign]
     return app
+
+
+class BodyCache:
+    """Encodes each collection's body once, however many requests share it.
+
+    Coalesced requests receive the very same Collection object; the cache holds
+    the last few by identity (a collection is never mutated once made).
+    """
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[Collection, bytes]] = deque(maxlen=self.SIZE)
+
+    def rows_json(self, collection: Collection) -> bytes:
+        """The bare-list body of ``collection``."""
+        for cached, body in self._entries:
+            if cached is collection:
+                return body
+        body = formats.rows_json(collection.rows)
+        self._entries.append((collection, body))
+        return body
 
 
 class RequestTelemetry:

@@ -62,6 +62,7 @@ async def proxied_service(
     *,
     timeout: float = TIMEOUT,
     proxied: tuple[str, ...] = ("source_1", "source_2", "source_3"),
+    coalesce: bool = True,
     **overrides: dict[str, object],
 ) -> AsyncIterator[Service]:
     """``collector serve`` with the named sources behind fault proxies."""
@@ -72,7 +73,7 @@ async def proxied_service(
         if source.name in proxied:
             proxies[source.name], changes["dsn"] = await fault_proxy(source.dsn)
         sources.append(dataclasses.replace(source, **changes))  # type: ignore[arg-type]
-    config = Config(sources=tuple(sources), timeout=timeout)
+    config = Config(sources=tuple(sources), timeout=timeout, coalesce=coalesce)
     config_file = write_config(tmp_path / "collector.toml", config)
     async with (
         running_server(["--config", str(config_file)]) as server,
@@ -183,6 +184,7 @@ async def test_pool_survives_500_timeouts_and_the_breaker_recovers_on_its_own(
         tmp_path,
         timeout=timeout,
         proxied=("source_1",),
+        coalesce=False,  # every request must reach the source: 500 real timeouts
         source_1={"pool_size": 2, "breaker": BreakerSettings(storms, cooldown)},
         source_2={"breaker": BreakerSettings(failures=0)},
         source_3={"breaker": BreakerSettings(failures=0)},

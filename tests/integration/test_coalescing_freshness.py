@@ -24,7 +24,7 @@ async def test_a_row_committed_before_a_request_is_always_in_its_answer(
         open_sources(reference_config, asyncio_bridge) as members,
         pg.admin(asyncio_bridge, target.dsn) as admin,
     ):
-        coalescer = Coalescer(Collector(members, 2.0).collect, nursery)
+        coalescer = Coalescer(Collector(members, 2.0).collect, nursery, 2.0)
         stop = trio.Event()
 
         async def background_load() -> None:  # keeps fan-outs in flight all the time
