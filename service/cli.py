@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -17,7 +18,14 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
-from service.config import CONFIG_ENV, Config, ConfigError, load_config
+from service.config import (
+    CONFIG_ENV,
+    MIN_TOKEN_LENGTH,
+    TOKEN_ENV,
+    Config,
+    ConfigError,
+    load_config,
+)
 from service.logs import setup_logging
 
 EXIT_FAILURE = 1
@@ -93,24 +101,39 @@ def _load(path: Path | None) -> Config | None:
     return None if path is None else load_config(path)
 
 
+def _with_token(config: Config) -> Config:
+    """``COLLECTOR_API_TOKEN`` overrides the config's ``api_token``."""
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        return config
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"${TOKEN_ENV} must be at least {MIN_TOKEN_LENGTH} characters")
+    return dataclasses.replace(config, api_token=token)
+
+
 def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
     import trio
 
+    from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
     from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
 
     with ExitStack() as stack:
-        seed = config is None
         if config is None:
             directory = data_dir()
             print(f"collector: no config given; embedded PostgreSQL in {directory}", flush=True)
-            config = reference_config(stack.enter_context(embedded_server(directory)))
+            server = stack.enter_context(embedded_server(directory))
+            trio.run(seed_sources, reference_config(server))  # as the superuser
+            config = reference_config(server, user=READER_ROLE)  # serve read-only
+        try:
+            config = _with_token(config)
+        except ConfigError as exc:
+            print(f"collector: config error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             if workers > 1:
-                if seed:
-                    trio.run(seed_sources, config)
                 return serve_workers(config, host, port, workers)
-            trio.run(partial(serve, config, host, port, seed=seed))
+            trio.run(partial(serve, config, host, port))
         except BaseException as exc:
             if (error := find_exception(exc, ServeError)) is None:
                 raise

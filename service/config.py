@@ -7,6 +7,8 @@ every problem is reported as one line naming the file and the offending key.
 ```toml
 timeout = 2.0                 # seconds each source may take; missing = 2.0
 coalesce = true               # share a fan-out among identical requests arriving together
+api_token = "..."             # optional: data endpoints then need "Authorization: Bearer ..."
+max_concurrent_requests = 256 # data requests served at once per worker; more get 503
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -46,6 +48,12 @@ MAX_POOL_SIZE = 100
 MAX_COOLDOWN = 3600.0
 #: Environment variable that may name the config file instead of ``--config``.
 CONFIG_ENV = "COLLECTOR_CONFIG"
+#: Environment variable holding the API token; it overrides ``api_token``.
+TOKEN_ENV = "COLLECTOR_API_TOKEN"
+#: Data requests one worker serves at once before it answers 503: enough for
+#: bursts (each costs a fan-out at most), small enough to bound memory and pools.
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+MIN_TOKEN_LENGTH = 16
 
 # Source names appear in HTTP headers (Server-Timing metric names are RFC 9110
 # tokens), so they are restricted to characters that never need quoting.
@@ -54,7 +62,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # plain PostgreSQL identifiers (63 bytes) so quoting can never be escaped.
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
-_TOP_KEYS = frozenset({"timeout", "sources", "coalesce"})
+_TOP_KEYS = frozenset({"timeout", "sources", "coalesce", "api_token", "max_concurrent_requests"})
 _SOURCE_KEYS = frozenset(
     {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
 )
@@ -104,6 +112,9 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     coalesce: bool = True
     """Share one fan-out among identical requests that arrive before it starts."""
+    api_token: str | None = field(default=None, repr=False)
+    """When set, data endpoints require ``Authorization: Bearer <token>``."""
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
 
 
 def redact_dsn(dsn: str) -> str:
@@ -174,7 +185,19 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     coalesce = data.get("coalesce", True)
     if not isinstance(coalesce, bool):
         raise ConfigError(f"'coalesce' must be true or false, got {coalesce!r}")
-    return Config(sources=sources, timeout=timeout, coalesce=coalesce)
+    token = data.get("api_token")
+    if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
+        raise ConfigError(f"'api_token' must be a string of at least {MIN_TOKEN_LENGTH} characters")
+    limit = data.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT_REQUESTS)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+        raise ConfigError("'max_concurrent_requests' must be a whole number from 1 to 100000")
+    return Config(
+        sources=sources,
+        timeout=timeout,
+        coalesce=coalesce,
+        api_token=token,
+        max_concurrent_requests=limit,
+    )
 
 
 def _parse_timeout(value: object) -> float:

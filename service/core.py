@@ -25,7 +25,7 @@ import bisect
 import heapq
 import logging
 import operator
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice, pairwise
@@ -303,7 +303,9 @@ class Collector:
             cursor = next_cursor(query, outcomes, batches, rows)
         return Collection(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
-    async def stream(self, query: Query, batch_size: int) -> AsyncIterator[list[Row] | Collection]:
+    async def stream(
+        self, query: Query, batch_size: int
+    ) -> AsyncGenerator[list[Row] | Collection, None]:
         """Yield the merged rows in chunks as they are merged, then a summary.
 
         Memory stays bounded by the number of sources times ``batch_size``: each

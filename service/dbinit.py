@@ -1,9 +1,10 @@
-"""Create each configured source's database, table and reference rows.
+"""Create each configured source's database, table, reference rows and reader role.
 
-``schema.sql`` and ``seed.sql`` at the top of the repository are the single source
-of truth; they are written for psql (``psql -v table=data_1 -f schema.sql``) and
-this module applies them the same way, substituting psql's ``:"var"`` (identifier)
-and ``:'var'`` (literal) references. Everything here is idempotent.
+``schema.sql``, ``seed.sql`` and ``roles.sql`` (the read-only role the service
+uses) at the top of the repository are the single source of truth. They are
+written for psql (``psql -v table=data_1 -f schema.sql``) and this module applies
+them the same way, substituting psql's ``:"var"`` (identifier) and ``:'var'``
+(literal) references. Everything here is idempotent.
 
 The functions are asyncio-flavoured: ``collector init-db`` runs them with
 ``asyncio.run``, the server through its trio-asyncio bridge.
@@ -27,6 +28,8 @@ from service.sources.raw import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
 CONNECT_TIMEOUT = 10.0
+#: The read-only role roles.sql creates; the embedded default serves through it.
+READER_ROLE = "collector_reader"
 #: The database to connect to when the source's own database must be created.
 MAINTENANCE_DATABASE = "postgres"
 
@@ -75,6 +78,7 @@ async def init_source(source: SourceConfig) -> InitReport:
     variables = {"table": source.table}
     schema = render_psql(sql_file("schema.sql"), variables)
     seed = render_psql(sql_file("seed.sql"), variables)
+    roles = render_psql(sql_file("roles.sql"), variables)
     try:
         connection = await asyncpg.connect(source.dsn, timeout=CONNECT_TIMEOUT)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -83,6 +87,7 @@ async def init_source(source: SourceConfig) -> InitReport:
         async with connection.transaction():
             await connection.execute(schema)
             status = await connection.execute(seed)
+            await connection.execute(roles)
     except asyncpg.PostgresError as exc:
         raise InitError(f"source {source.name!r}: {exc}") from None
     finally:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from service.config import DEFAULT_TIMEOUT, Access, Config, SourceConfig
 from service.core import IdRanges
@@ -64,12 +65,32 @@ def embedded_server(path: Path) -> Iterator[EmbeddedServer]:
         server.cleanup()
 
 
-def reference_config(server: EmbeddedServer, timeout: float = DEFAULT_TIMEOUT) -> Config:
-    """The reference three-source layout on ``server``."""
+def reference_config(
+    server: EmbeddedServer, timeout: float = DEFAULT_TIMEOUT, user: str | None = None
+) -> Config:
+    """The reference three-source layout on ``server``, connecting as ``user``.
+
+    The service itself connects as the read-only role (``user=READER_ROLE``);
+    creating and seeding the databases needs the server's superuser (the default).
+    """
     return Config(
         sources=tuple(
-            SourceConfig(name=name, dsn=server.get_uri(name), table=table, access=access, ids=ids)
+            SourceConfig(
+                name=name,
+                dsn=_as_user(server.get_uri(name), user),
+                table=table,
+                access=access,
+                ids=ids,
+            )
             for name, table, access, ids in REFERENCE_SOURCES
         ),
         timeout=timeout,
     )
+
+
+def _as_user(dsn: str, user: str | None) -> str:
+    if user is None:
+        return dsn
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))

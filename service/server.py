@@ -41,6 +41,8 @@ E = TypeVar("E", bound=BaseException)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+#: Bytes a request line and its headers may take together (HTTP/1.1).
+MAX_REQUEST_HEAD = 16 * 1024
 #: Seconds in-flight requests get to finish at shutdown, beyond the source deadline.
 SHUTDOWN_GRACE = 1.0
 
@@ -55,6 +57,8 @@ def hypercorn_config(host: str, port: int, timeout: float) -> HypercornConfig:
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = timeout + SHUTDOWN_GRACE
     config.accesslog = None
+    # Request line plus headers of one HTTP/1.1 request; larger ones are refused.
+    config.h11_max_incomplete_size = MAX_REQUEST_HEAD
     # Handing Hypercorn a logger (rather than "-") keeps it from attaching a
     # second stderr handler: its lines then go through ours, in our format.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -66,25 +70,27 @@ async def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     *,
-    seed: bool = False,
     sockets: Sockets | None = None,
     worker: int | None = None,
 ) -> None:
-    """Serve ``config`` until SIGINT or SIGTERM; ``seed`` first runs init-db on every source.
+    """Serve ``config`` until SIGINT or SIGTERM.
 
     ``sockets`` are listening sockets made by a parent process that runs several
     workers (see ``serve_workers``); without them this binds ``host:port`` itself.
     """
     async with trio_asyncio.open_loop() as loop:
         bridge = AsyncioBridge(loop)
-        if seed:
-            await _seed(bridge, config)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
             collector = Collector(members, config.timeout)
             coalescer = None
             if config.coalesce:
                 coalescer = Coalescer(collector.collect, nursery, config.timeout)
-            app = create_app(collector, coalescer=coalescer)
+            app = create_app(
+                collector,
+                coalescer=coalescer,
+                api_token=config.api_token,
+                max_concurrent=config.max_concurrent_requests,
+            )
             hconfig = hypercorn_config(host, port, config.timeout)
             try:
                 binds: list[str] = await nursery.start(
@@ -110,13 +116,10 @@ async def serve(
 async def seed_sources(config: Config) -> None:
     """Run init-db on every source (for the embedded default, before workers start)."""
     async with trio_asyncio.open_loop() as loop:
-        await _seed(AsyncioBridge(loop), config)
-
-
-async def _seed(bridge: AsyncioBridge, config: Config) -> None:
-    for source in config.sources:
-        report = await bridge.run(init_source, source)
-        log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
+        bridge = AsyncioBridge(loop)
+        for source in config.sources:
+            report = await bridge.run(init_source, source)
+            log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
 
 
 def serve_workers(config: Config, host: str, port: int, workers: int) -> int:

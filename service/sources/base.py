@@ -54,6 +54,9 @@ class DriverLimits:
         return {
             "application_name": self.application_name,
             "statement_timeout": str(self.statement_timeout_ms),
+            # Least privilege in the session too: even a role that may write
+            # cannot, through the collector.
+            "default_transaction_read_only": "on",
         }
 
 

@@ -16,12 +16,14 @@ nothing the client sends can produce a stack trace.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from http import HTTPStatus
 from typing import Any
 
@@ -33,6 +35,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service.coalesce import Coalescer
+from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
 from service.web import formats, openapi
@@ -55,11 +58,18 @@ Reply = tuple[str | bytes, int, dict[str, str]]
 
 
 def create_app(
-    collector: Collector, metrics: Metrics | None = None, coalescer: Coalescer | None = None
+    collector: Collector,
+    metrics: Metrics | None = None,
+    coalescer: Coalescer | None = None,
+    *,
+    api_token: str | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
 ) -> QuartTrio:
     """The ASGI app serving ``collector``; it owns no connections of its own.
 
     With a ``coalescer``, identical queries arriving together share one fan-out.
+    With an ``api_token``, data endpoints and metrics require it as a bearer token.
+    At most ``max_concurrent`` data requests are served at once; more get 503.
     """
     metrics = metrics or Metrics()
     collect = coalescer.collect if coalescer is not None else collector.collect
@@ -70,6 +80,23 @@ def create_app(
 
     source_names = frozenset(s.name for s in collector.sources)
     bodies = BodyCache()
+    admission = Admission(max_concurrent)
+    expected = api_token.encode() if api_token else None
+
+    @app.before_request
+    async def authenticate() -> Reply | None:
+        """Data endpoints and metrics need the bearer token, when one is configured."""
+        if expected is None or not needs_token(request.path):
+            return None
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(offered.encode(), expected):
+            return None
+        body, status, headers = formats.problem(
+            HTTPStatus.UNAUTHORIZED, "This endpoint needs 'Authorization: Bearer <token>'."
+        )
+        headers["WWW-Authenticate"] = 'Bearer realm="collector"'
+        return body, status, headers
+
     spec = openapi.openapi_document([s.name for s in collector.sources])
 
     @app.get("/collect-data")
@@ -83,8 +110,15 @@ def create_app(
         if media_type is None:
             return not_acceptable(formats.NDJSON)
         if media_type == formats.NDJSON:
+            if not admission.enter():
+                return overloaded()
             return ndjson_response(query)
-        collection = await collect(query)
+        if not admission.enter():
+            return overloaded()
+        try:
+            collection = await collect(query)
+        finally:
+            admission.leave()
         note_outcome(collection)
         headers = formats.collection_headers(collection)
         if collection.next is not None and query.limit is not None:
@@ -112,7 +146,12 @@ def create_app(
         media_type = negotiate()
         if media_type is None:
             return not_acceptable()
-        collection = await collect(Query(after=wanted - 1, until=wanted))
+        if not admission.enter():
+            return overloaded()
+        try:
+            collection = await collect(Query(after=wanted - 1, until=wanted))
+        finally:
+            admission.leave()
         note_outcome(collection)
         headers = formats.collection_headers(collection)
         strict = strict_problem(collection, headers)
@@ -153,6 +192,14 @@ def create_app(
             HTTPStatus.NOT_ACCEPTABLE, f"{request.path} can answer with: {offered}."
         )
 
+    def overloaded() -> Reply:
+        body, status, headers = formats.problem(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"Too many requests in progress (at most {max_concurrent}); retry shortly.",
+        )
+        headers["Retry-After"] = "1"
+        return body, status, headers
+
     def bad_param(error: ParamError) -> Reply:
         return formats.problem(
             HTTPStatus.BAD_REQUEST,
@@ -181,11 +228,15 @@ def create_app(
         path = request.path
 
         async def lines() -> AsyncIterator[bytes]:
-            async for item in collector.stream(query, STREAM_BATCH):
-                if isinstance(item, Collection):
-                    yield formats.stream_summary(item, limit, path)
-                else:
-                    yield formats.ndjson_rows(item)
+            try:
+                async with aclosing(collector.stream(query, STREAM_BATCH)) as items:
+                    async for item in items:
+                        if isinstance(item, Collection):
+                            yield formats.stream_summary(item, limit, path)
+                        else:
+                            yield formats.ndjson_rows(item)
+            finally:
+                admission.leave()
 
         return Response(
             lines(),
@@ -255,6 +306,34 @@ def create_app(
 
     app.asgi_app = RequestTelemetry(app.asgi_app, metrics)  # type: ignore[method-assign]
     return app
+
+
+def needs_token(path: str) -> bool:
+    """Data and metrics need the token; probes, the API description and docs do not.
+
+    /livez and /readyz must answer the orchestrator's probes, which carry no
+    token; /readyz reveals only source names and reachability.
+    """
+    return path == "/collect-data" or path.startswith("/collect-data/") or path == "/metrics"
+
+
+class Admission:
+    """Counts data requests in progress; beyond the cap they are refused, not queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_progress = 0
+
+    def enter(self) -> bool:
+        """Admit one more request if under the cap."""
+        if self.in_progress >= self.limit:
+            return False
+        self.in_progress += 1
+        return True
+
+    def leave(self) -> None:
+        """An admitted request has finished."""
+        self.in_progress -= 1
 
 
 class BodyCache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,29 @@ async def test_docs_page_is_served_with_its_own_assets(
             "/readyz",
             "/metrics",
         }
+
+
+async def test_sigterm_lets_an_in_flight_request_finish_then_exits_cleanly(
+    reference_config: Config, tmp_path: Path, asyncio_bridge: AsyncioBridge
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    first = reference_config.sources[0]
+    async with running_server(["--config", str(config_file)]) as server:
+        async with (
+            pg.locked_table(asyncio_bridge, first.dsn, first.table),
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+            trio.open_nursery() as nursery,
+        ):
+            answers: list[httpx.Response] = []
+
+            async def ask() -> None:
+                answers.append(await client.get("/collect-data"))
+
+            nursery.start_soon(ask)
+            await trio.sleep(0.5)  # the request is waiting on the locked table
+            server.process.send_signal(signal.SIGTERM)
+        assert answers[0].status_code == 200
+        assert len(answers[0].json()) == 40
+        with trio.fail_after(10):
+            await server.process.wait()
+    # running_server asserts the exit status was 0

@@ -60,3 +60,18 @@ def test_cursor_becomes_the_next_query_string() -> None:
         [tuple(p.split("=")) for p in cursor_params(10, cursor).split("&")],  # type: ignore[misc]
         SOURCES,
     ) == Query(after=25, limit=10, behind=cursor.behind)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [("after", "1; DROP TABLE data_1")],
+        [("after", "1 OR 1=1")],
+        [("limit", "1 UNION SELECT 1, current_user")],
+        [("behind", "source_1:1' OR '1'='1")],
+        [("behind", 'source_1"; DROP TABLE data_1; --')],
+    ],
+)
+def test_injection_attempts_in_parameters_are_rejected(pairs: list[tuple[str, str]]) -> None:
+    with pytest.raises(ParamError):
+        parse_query(pairs, SOURCES)

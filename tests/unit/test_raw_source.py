@@ -148,4 +148,5 @@ def test_driver_limits_sit_just_below_the_deadline() -> None:
     assert limits.server_settings() == {
         "application_name": "collector:s",
         "statement_timeout": "2000",
+        "default_transaction_read_only": "on",
     }

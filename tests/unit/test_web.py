@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 
+import trio
 from quart_trio import QuartTrio
 
 from service.core import Collector, Member
@@ -354,3 +355,50 @@ async def test_ndjson_streams_rows_then_a_summary_line() -> None:
     assert summary["complete"] is False
     assert [s["status"] for s in summary["sources"]] == ["ok", "ok", "error"]
     assert summary["missing_ids"] == [[21, 30], [51, 60]]
+
+
+TOKEN = "a-long-enough-secret-token"
+
+
+async def test_data_endpoints_need_the_token_when_one_is_set() -> None:
+    app = create_app(Collector([FakeSource("a", rows(1))], 2.0), api_token=TOKEN)
+    client = app.test_client()
+    for path in ("/collect-data", "/collect-data/1", "/metrics"):
+        denied = await client.get(path)
+        assert denied.status_code == 401, path
+        assert denied.mimetype == "application/problem+json"
+        assert denied.headers["WWW-Authenticate"] == 'Bearer realm="collector"'
+        wrong = await client.get(path, headers={"Authorization": "Bearer not-the-token"})
+        assert wrong.status_code == 401
+        allowed = await client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert allowed.status_code == 200, path
+
+
+async def test_probes_and_docs_need_no_token() -> None:
+    app = create_app(Collector([FakeSource("a", rows(1))], 2.0), api_token=TOKEN)
+    client = app.test_client()
+    for path in ("/livez", "/readyz", "/openapi.json", "/docs"):
+        assert (await client.get(path)).status_code == 200, path
+
+
+async def test_requests_beyond_the_cap_get_503_with_retry_after(
+    autojump_clock: object,
+) -> None:
+    slow = FakeSource("a", rows(1), delay=1.0)
+    app = create_app(Collector([slow], 2.0), max_concurrent=2)
+    client = app.test_client()
+    statuses: list[int] = []
+    retry_after: list[str] = []
+
+    async def ask() -> None:
+        response = await client.get("/collect-data")
+        statuses.append(response.status_code)
+        if response.status_code == 503:
+            retry_after.append(response.headers["Retry-After"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(ask)
+    assert sorted(statuses) == [200, 200, 503, 503, 503]
+    assert retry_after == ["1", "1", "1"]
+    assert (await client.get("/collect-data")).status_code == 200  # capacity came back
