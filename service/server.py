@@ -34,6 +34,7 @@ from service.logs import setup_logging
 from service.sources import open_sources
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
+from service.web.app import MAX_REQUEST_HEAD
 
 log = logging.getLogger("collector.server")
 
@@ -41,8 +42,6 @@ E = TypeVar("E", bound=BaseException)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-#: Bytes a request line and its headers may take together (HTTP/1.1).
-MAX_REQUEST_HEAD = 16 * 1024
 #: Seconds in-flight requests get to finish at shutdown, beyond the source deadline.
 SHUTDOWN_GRACE = 1.0
 
@@ -57,7 +56,7 @@ def hypercorn_config(host: str, port: int, timeout: float) -> HypercornConfig:
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = timeout + SHUTDOWN_GRACE
     config.accesslog = None
-    # Request line plus headers of one HTTP/1.1 request; larger ones are refused.
+    # A head arriving in pieces is cut off here; a complete one is checked by the app.
     config.h11_max_incomplete_size = MAX_REQUEST_HEAD
     # Handing Hypercorn a logger (rather than "-") keeps it from attaching a
     # second stderr handler: its lines then go through ours, in our format.

@@ -28,7 +28,7 @@ from http import HTTPStatus
 from typing import Any
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from quart import Response, request
 from quart_trio import QuartTrio
 from swagger_ui_bundle import swagger_ui_path
@@ -358,6 +358,34 @@ class BodyCache:
         return body
 
 
+#: Bytes the request line and headers of one request may take together. Hypercorn's
+#: h11 limit only applies to a head that arrives in pieces, so it is enforced here.
+MAX_REQUEST_HEAD = 16 * 1024
+
+
+def request_head_size(scope: HTTPScope) -> int:
+    """Roughly the size of the request line and headers as they came in."""
+    size = len(scope["raw_path"] or b"") + len(scope["query_string"] or b"") + 16
+    return size + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+async def send_problem(send: Any, status: HTTPStatus, detail: str) -> None:
+    """Answer with a problem document straight through ASGI (before the app runs)."""
+    body, code, headers = formats.problem(status, detail)
+    encoded = body.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": code,
+            "headers": [
+                (b"content-type", headers["Content-Type"].encode()),
+                (b"content-length", str(len(encoded)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": encoded})
+
+
 class RequestTelemetry:
     """ASGI middleware: request id, in-flight gauge, response counter, one access line.
 
@@ -401,7 +429,14 @@ class RequestTelemetry:
 
         self._metrics.in_flight.inc()
         try:
-            await self._app(scope, receive, send_with_id)
+            if request_head_size(scope) > MAX_REQUEST_HEAD:
+                await send_problem(
+                    send_with_id,
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"The request line and headers exceed {MAX_REQUEST_HEAD} bytes.",
+                )
+            else:
+                await self._app(scope, receive, send_with_id)
         finally:
             self._metrics.in_flight.dec()
             if code:

@@ -327,3 +327,62 @@ async def test_sigterm_lets_an_in_flight_request_finish_then_exits_cleanly(
         with trio.fail_after(10):
             await server.process.wait()
     # running_server asserts the exit status was 0
+
+
+async def test_api_token_from_the_environment_guards_data_but_not_probes(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    token = "token-from-the-environment-123"
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with (
+        running_server(
+            ["--config", str(config_file)], env={"COLLECTOR_API_TOKEN": token}
+        ) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        assert (await client.get("/collect-data")).status_code == 401
+        assert (await client.get("/metrics")).status_code == 401
+        authorized = await client.get("/collect-data", headers={"Authorization": f"Bearer {token}"})
+        assert authorized.status_code == 200
+        assert (await client.get("/livez")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+    assert not any(token in line for line in server.output)
+
+
+async def test_oversized_request_head_is_refused_without_a_server_error(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with running_server(["--config", str(config_file)]) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            huge = b"X-Filler: " + b"a" * 20_000 + b"\r\n"
+            try:
+                await stream.send_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n" + huge + b"\r\n")
+            except trio.BrokenResourceError:
+                return  # refused before reading it all: fine
+            answer = b""
+            with trio.move_on_after(5):
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert b"application/problem+json" in answer
+
+
+def test_passwords_stay_out_of_help_and_error_messages(tmp_path: Path) -> None:
+    secret = "hunter2-secret-password"
+    config_file = tmp_path / "c.toml"
+    dsn = f"postgresql://app:{secret}@127.0.0.1:{pg.unused_port()}/x"
+    config_file.write_text(
+        f'[[sources]]\nname = "a"\ndsn = "{dsn}"\ntable = "t"\naccess = "raw"\n', encoding="utf-8"
+    )
+    env = {"COLLECTOR_CONFIG": str(config_file)}
+    for args in (("--help",), ("serve", "--help"), ("init-db",)):
+        result = run_cli(*args, env=env)
+        assert secret not in result.stdout + result.stderr, args
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[[sources]]\nname = "a"\ndsn = "mysql://u:{secret}@h/x"\n', encoding="utf-8")
+    result = run_cli("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert secret not in result.stderr
