@@ -10,7 +10,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from service.core import Row, SourceError, describe_error
+from service.core import Row, SourceError, Window, describe_error
 from service.sources.bridge import AsyncioBridge
 
 T = TypeVar("T")
@@ -143,3 +143,40 @@ class ReadAhead:
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+class DriverSource:
+    """What the raw and ORM sources share: a name, and driver calls over the bridge.
+
+    Subclasses implement the asyncio-flavoured ``_fetch_on_asyncio`` and
+    ``_ping_on_asyncio``; the Trio-flavoured ``fetch`` and ``ping`` of the core's
+    Source protocol run them on the asyncio loop and report failures without secrets.
+    """
+
+    def __init__(self, name: str, bridge: AsyncioBridge, secrets: tuple[str, ...]) -> None:
+        self._name = name
+        self._bridge = bridge
+        self._secrets = secrets
+
+    @property
+    def name(self) -> str:
+        """The configured source name."""
+        return self._name
+
+    async def fetch(self, window: Window) -> list[Row]:
+        """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
+        return await self.run(partial(self._fetch_on_asyncio, window))
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1`` on a pooled connection (Trio-flavoured)."""
+        await self.run(self._ping_on_asyncio)
+
+    async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""
+        return await run_driver(self._bridge, self._secrets, fn)
+
+    async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
+        raise NotImplementedError
+
+    async def _ping_on_asyncio(self) -> None:
+        raise NotImplementedError

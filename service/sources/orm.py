@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Select, String, select, text
@@ -20,9 +19,9 @@ from service.core import Row, Window
 from service.sources.base import (
     IDLE_CONNECTION_LIFETIME,
     DriverLimits,
+    DriverSource,
     ReadAhead,
     checked_rows,
-    run_driver,
 )
 from service.sources.bridge import AsyncioBridge
 
@@ -65,7 +64,7 @@ def window_statement(model: type[RowColumns], window: Window) -> Select[RowColum
     return statement
 
 
-class OrmSource:
+class OrmSource(DriverSource):
     """Reads one table through the ORM: a select on the mapped class, in an AsyncSession.
 
     The select names the mapped columns rather than the entity: the rows are
@@ -81,31 +80,14 @@ class OrmSource:
         bridge: AsyncioBridge,
         secrets: tuple[str, ...] = (),
     ) -> None:
-        self._name = name
+        super().__init__(name, bridge, secrets)
         self._model = mapped_row_class(table)
         self._sessions = sessions
-        self._bridge = bridge
-        self._secrets = secrets
         self._everything: Select[int, str | None] | None = None
-
-    @property
-    def name(self) -> str:
-        """The configured source name."""
-        return self._name
-
-    async def fetch(self, window: Window) -> list[Row]:
-        """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
-        return await run_driver(
-            self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
-        )
 
     def open_stream(self, window: Window, batch_size: int) -> OrmStream:
         """A streamed ORM query over ``window`` (started on the first batch)."""
         return OrmStream(self, window, batch_size)
-
-    async def ping(self) -> None:
-        """Run ``SELECT 1`` in a session (Trio-flavoured)."""
-        await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
 
     async def _ping_on_asyncio(self) -> None:
         async with self._sessions() as session:
@@ -178,8 +160,7 @@ class OrmStream:
 
     async def next_batch(self) -> list[Row]:
         """The next rows, in id order; empty at the end (Trio-flavoured)."""
-        source = self._source
-        return await run_driver(source._bridge, source._secrets, self._next_on_asyncio)
+        return await self._source.run(self._next_on_asyncio)
 
     def close(self) -> None:
         """Close the result and the session in the background."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from functools import partial
 from typing import Any, Protocol
 
 import asyncpg
@@ -14,9 +13,9 @@ from service.core import Row, Window
 from service.sources.base import (
     IDLE_CONNECTION_LIFETIME,
     DriverLimits,
+    DriverSource,
     ReadAhead,
     checked_rows,
-    run_driver,
 )
 from service.sources.bridge import AsyncioBridge
 
@@ -68,7 +67,7 @@ def window_args(window: Window) -> tuple[int, int, int | None]:
     return after, until, window.limit
 
 
-class RawSource:
+class RawSource(DriverSource):
     """Reads every row of one table with plain SQL.
 
     The query is sent as a prepared statement (asyncpg caches it per connection),
@@ -85,31 +84,14 @@ class RawSource:
         limits: DriverLimits,
         secrets: tuple[str, ...] = (),
     ) -> None:
-        self._name = name
+        super().__init__(name, bridge, secrets)
         self._query = select_window_sql(table)
         self._pool = pool
-        self._bridge = bridge
         self._limits = limits
-        self._secrets = secrets
-
-    @property
-    def name(self) -> str:
-        """The configured source name."""
-        return self._name
-
-    async def fetch(self, window: Window) -> list[Row]:
-        """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
-        return await run_driver(
-            self._bridge, self._secrets, partial(self._fetch_on_asyncio, window)
-        )
 
     def open_stream(self, window: Window, batch_size: int) -> RawStream:
         """A server-side cursor over ``window`` (opened on the first batch)."""
         return RawStream(self, window, batch_size)
-
-    async def ping(self) -> None:
-        """Check out a connection and run ``SELECT 1`` (Trio-flavoured)."""
-        await run_driver(self._bridge, self._secrets, self._ping_on_asyncio)
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         timeout = self._limits.timeout
@@ -175,9 +157,8 @@ class RawStream:
 
     async def next_batch(self) -> list[Row]:
         """The next rows, in id order; empty at the end (Trio-flavoured)."""
-        source = self._source
         self._clean = False
-        rows = await run_driver(source._bridge, source._secrets, self._next_on_asyncio)
+        rows = await self._source.run(self._next_on_asyncio)
         self._clean = True
         return rows
 
