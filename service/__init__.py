@@ -2,12 +2,15 @@
 
 Layout::
 
-    web.py        HTTP layer (Quart-Trio): routes, headers, problem documents
-    core.py       fan-out and merge: the Source protocol, deadlines, outcomes
+    web/          HTTP layer (Quart-Trio): routes, parameters, wire formats, OpenAPI, metrics
+    core.py       fan-out and merge: the Source protocol, deadlines, outcomes, pages, streams
+    breaker.py    per-source circuit breaker
+    coalesce.py   identical requests arriving together share one fan-out
     sources/      Source implementations (raw SQL, ORM) and the asyncio bridge
     config.py     the TOML config file and its validation
-    server.py     wiring: asyncio loop, sources, Hypercorn
-    dbinit.py     schema.sql / seed.sql applied to each source
+    logs.py       JSON log lines carrying the request id
+    server.py     wiring: asyncio loop, sources, Hypercorn (one or several workers)
+    dbinit.py     schema.sql / seed.sql / roles.sql applied to each source
     embedded.py   the zero-config PostgreSQL server
     cli.py        the ``collector`` command
 """
