@@ -422,7 +422,7 @@ class RequestTelemetry:
                     **message,
                     "headers": [
                         *message.get("headers", []),
-                        (REQUEST_ID_HEADER.encode(), rid.encode()),
+                        (REQUEST_ID_HEADER.lower().encode(), rid.encode()),
                     ],
                 }
             await send(message)
