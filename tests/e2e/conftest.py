@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -118,3 +119,16 @@ async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
             yield line.decode(errors="replace") + "\n"
     if buffer:
         yield buffer.decode(errors="replace")
+
+
+@asynccontextmanager
+async def serving(
+    config: Config, tmp_path: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+    """``collector serve`` on ``config``, and an HTTP client pointed at it."""
+    config_file = write_config(tmp_path / "collector.toml", config)
+    async with (
+        running_server(["--config", str(config_file)], env=env) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+    ):
+        yield server, client

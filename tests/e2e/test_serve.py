@@ -16,7 +16,7 @@ import trio
 
 from service.config import Config
 from service.sources.bridge import AsyncioBridge
-from tests.e2e.conftest import collector_command, running_server, write_config
+from tests.e2e.conftest import collector_command, running_server, serving, write_config
 from tests.support import pg
 from tests.support.faultproxy import Mode, ProxyFactory
 
@@ -33,11 +33,7 @@ def timing_statuses(response: httpx.Response) -> dict[str, str]:
 async def test_serve_answers_with_every_reference_row_over_http(
     reference_config: Config, tmp_path: Path
 ) -> None:
-    config_file = write_config(tmp_path / "collector.toml", reference_config)
-    async with (
-        running_server(["--config", str(config_file)]) as server,
-        httpx.AsyncClient(base_url=server.url) as client,
-    ):
+    async with serving(reference_config, tmp_path) as (_server, client):
         response = await client.get("/collect-data")
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
@@ -215,11 +211,7 @@ async def test_client_that_disconnects_leaves_no_query_running(
 
 
 async def test_pages_and_streams_over_http(reference_config: Config, tmp_path: Path) -> None:
-    config_file = write_config(tmp_path / "collector.toml", reference_config)
-    async with (
-        running_server(["--config", str(config_file)]) as server,
-        httpx.AsyncClient(base_url=server.url) as client,
-    ):
+    async with serving(reference_config, tmp_path) as (_server, client):
         seen: list[dict[str, object]] = []
         url: str | None = "/collect-data?limit=25"
         while url is not None:
@@ -279,11 +271,7 @@ async def test_schemathesis_finds_no_server_error_against_the_openapi_document(
 async def test_docs_page_is_served_with_its_own_assets(
     reference_config: Config, tmp_path: Path
 ) -> None:
-    config_file = write_config(tmp_path / "collector.toml", reference_config)
-    async with (
-        running_server(["--config", str(config_file)]) as server,
-        httpx.AsyncClient(base_url=server.url) as client,
-    ):
+    async with serving(reference_config, tmp_path) as (_server, client):
         page = await client.get("/docs")
         assert page.status_code == 200
         assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
