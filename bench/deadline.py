@@ -16,7 +16,6 @@ Everything runs on 127.0.0.1 and stops by itself; the databases are dropped afte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -32,61 +31,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Config
 from service.sources.bridge import AsyncioBridge
-from tests.e2e.conftest import running_server, write_config
+from tests.e2e.conftest import ProxiedService, fault_on, proxied_service
 from tests.support import pg
-from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.faultproxy import Mode
 
-MODES = {
-    "blackhole": Mode.BLACKHOLE,
-    "delay 5 s/chunk": Mode.DELAY,
-    "reset": Mode.RESET,
-    "refuse": Mode.REFUSE,
+#: Fault names as the test suite's ``fault_on`` knows them, and how they print.
+FAULTS = {
+    "blackhole": "blackhole",
+    "delay": "delay 5 s/chunk",
+    "reset": "reset",
+    "refuse": "refuse",
+    "lock": "table lock",
 }
 SCENARIOS = [
-    *((fault, source) for fault in [*MODES, "table lock"] for source in ("source_1", "source_2")),
+    *((fault, source) for fault in FAULTS for source in ("source_1", "source_2")),
     ("blackhole", "all"),
 ]
 ACCESS = {"source_1": "raw", "source_2": "orm", "source_3": "raw"}
 
 
-@dataclasses.dataclass
-class Service:
-    client: httpx.AsyncClient
-    proxies: dict[str, FaultProxy]
-    config: Config
-
-
 @asynccontextmanager
-async def service(config: Config, workdir: Path) -> AsyncIterator[Service]:
+async def service(config: Config, workdir: Path) -> AsyncIterator[ProxiedService]:
     """``collector serve`` with every source behind a fault proxy."""
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        proxies: dict[str, FaultProxy] = {}
-        sources = []
-        for source in config.sources:
-            proxy = FaultProxy(pg.server_address(source.dsn))
-            port = await nursery.start(proxy.run)
-            proxies[source.name] = proxy
-            sources.append(dataclasses.replace(source, dsn=pg.through_proxy(source.dsn, port)))
-        proxied = Config(sources=tuple(sources), timeout=config.timeout)
-        config_file = write_config(workdir / "bench.toml", proxied)
-        server = await stack.enter_async_context(running_server(["--config", str(config_file)]))
-        client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=30))
-        yield Service(client, proxies, config)
-        await stack.aclose()
+    async with trio.open_nursery() as nursery:
+        factory = pg.proxy_factory(nursery)
+        async with proxied_service(config, factory, workdir, timeout=config.timeout) as svc:
+            yield svc
         nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
-async def fault(kind: str, target: str, svc: Service, bridge: AsyncioBridge) -> AsyncIterator[None]:
+async def fault(
+    kind: str, target: str, svc: ProxiedService, bridge: AsyncioBridge
+) -> AsyncIterator[None]:
     names = list(svc.proxies) if target == "all" else [target]
-    if kind == "table lock":
-        source = pg.source(svc.config, target)
-        async with pg.locked_table(bridge, source.dsn, source.table):
-            yield
-        return
-    for name in names:
-        await svc.proxies[name].set_mode(MODES[kind], delay=5.0)
-    yield
+    async with AsyncExitStack() as stack:
+        for name in names:
+            source = pg.source(svc.config, name)
+            await stack.enter_async_context(
+                fault_on(kind, svc.proxies[name], source, bridge, delay=5.0)
+            )
+        yield
 
 
 def outcomes(response: httpx.Response) -> str:
@@ -113,7 +98,7 @@ async def measure_faults(config: Config, requests: int, workdir: Path) -> None:
             assert last is not None
             label = target if target == "all" else f"{target} ({ACCESS[target]})"
             print(
-                f"{kind:<17} {label:<14} {min(times):7.1f} {statistics.median(times):7.1f} "
+                f"{FAULTS[kind]:<17} {label:<14} {min(times):7.1f} {statistics.median(times):7.1f} "
                 f"{max(times):7.1f} {len(last.json()):4d}  {outcomes(last)}"
             )
 

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -62,10 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
-    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument(
+        "--port",
+        type=_bounded_int("port number", 0, 65535),
+        default=8000,
+        help="TCP port (default: %(default)s)",
+    )
     serve.add_argument(
         "--workers",
-        type=_workers,
+        type=_bounded_int("number of workers", 1, 64),
         default=1,
         help="worker processes, each with its own pools (default: %(default)s)",
     )
@@ -74,24 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _workers(text: str) -> int:
-    try:
-        workers = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
-    if not 1 <= workers <= 64:
-        raise argparse.ArgumentTypeError(f"workers must be between 1 and 64, got {workers}")
-    return workers
+def _bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``what`` in ``[low, high]``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
+        return value
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
-    return port
+    return parse
 
 
 def _load(path: Path | None) -> Config | None:

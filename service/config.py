@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.breaker import BreakerSettings
@@ -189,7 +189,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
         raise ConfigError(f"'api_token' must be a string of at least {MIN_TOKEN_LENGTH} characters")
     limit = data.get("max_concurrent_requests", DEFAULT_MAX_CONCURRENT_REQUESTS)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+    if not _is_int(limit) or not 1 <= limit <= 100_000:
         raise ConfigError("'max_concurrent_requests' must be a whole number from 1 to 100000")
     return Config(
         sources=sources,
@@ -201,7 +201,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
 
 def _parse_timeout(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise ConfigError(f"'timeout' must be a number of seconds, got {value!r}")
     timeout = float(value)
     if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
@@ -238,7 +238,7 @@ def _parse_source(item: object, index: int) -> SourceConfig:
         modes = " or ".join(repr(m.value) for m in Access)
         raise ConfigError(f"{where}: unknown access mode {access!r} (use {modes})") from None
     pool_size = item.get("pool_size", DEFAULT_POOL_SIZE)
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int):
+    if not _is_int(pool_size):
         raise ConfigError(f"{where}: pool_size must be an integer")
     if not 1 <= pool_size <= MAX_POOL_SIZE:
         raise ConfigError(f"{where}: pool_size must be between 1 and {MAX_POOL_SIZE}")
@@ -260,11 +260,7 @@ def _parse_ids(value: object, where: str) -> IdRanges:
         raise ConfigError(problem)
     ranges: list[tuple[int, int]] = []
     for pair in value:
-        if (
-            not isinstance(pair, list)
-            or len(pair) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-        ):
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) for v in pair):
             raise ConfigError(problem)
         first, last = pair
         if first > last:
@@ -280,16 +276,26 @@ def _parse_ids(value: object, where: str) -> IdRanges:
 def _parse_breaker(item: Mapping[str, Any], where: str) -> BreakerSettings:
     defaults = BreakerSettings()
     failures = item.get("breaker_failures", defaults.failures)
-    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+    if not _is_int(failures) or failures < 0:
         raise ConfigError(f"{where}: breaker_failures must be a whole number >= 0")
     cooldown = item.get("breaker_cooldown", defaults.cooldown)
-    if isinstance(cooldown, bool) or not isinstance(cooldown, int | float):
+    if not _is_number(cooldown):
         raise ConfigError(f"{where}: breaker_cooldown must be a number of seconds")
     if not math.isfinite(cooldown) or not 0 <= cooldown <= MAX_COOLDOWN:
         raise ConfigError(
             f"{where}: breaker_cooldown must be between 0 and {MAX_COOLDOWN:g} seconds"
         )
     return BreakerSettings(failures=failures, cooldown=float(cooldown))
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """A TOML integer (TOML booleans are Python ints too, and are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A TOML integer or float, not a boolean."""
+    return _is_int(value) or isinstance(value, float)
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:

@@ -25,9 +25,11 @@ import bisect
 import heapq
 import logging
 import operator
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Collection as Collection_
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from itertools import islice, pairwise
 from typing import NamedTuple, Protocol
 
@@ -361,56 +363,28 @@ class Collector:
             for state in states:
                 state.finish()
         outcomes = [self._stream_outcome(state) for state in states]
-        positions = [(st.member.source.name, st.position) for st in states]
-        more = any(not st.finished or not st.status.answered for st in states)
+        # Sources that delivered everything they hold can start anywhere.
+        done = {st.member.source.name for st in states if st.finished and st.status.answered}
         cursor = None
-        if more:
-            after: int | None = None
-            for _, resume in positions:
-                after = _furthest(after, resume)
-            # Sources that delivered everything they hold can start anywhere.
-            lagging = [
-                (name, resume)
-                for (name, resume), st in zip(positions, states, strict=True)
-                if resume != after and not (st.finished and st.status.answered)
-            ]
-            cursor = Cursor(after, tuple(lagging))
+        if len(done) < len(states):
+            cursor = cursor_at([(st.member.source.name, st.position) for st in states], done)
         yield Collection(rows=[], outcomes=tuple(outcomes), next=cursor)
 
     async def _stream_start(self, state: _StreamState, batch_size: int) -> None:
-        member = state.member
-        if member.ids is not None and not state.window.intersects(member.ids):
-            state.status, state.finished = Status.PRUNED, True
+        admission = admit(state.member, state.breaker, state.window)
+        if isinstance(admission, tuple):
+            (state.status, state.error), state.finished = admission, True
             return
-        state.permit = state.breaker.acquire()
-        if state.permit is None:
-            state.status, state.finished = Status.SKIPPED, True
-            state.error = (
-                f"circuit open after {state.breaker.consecutive_failures} failures in a row"
-            )
-            return
-        state.stream = member.source.open_stream(state.window, batch_size)
+        state.permit = admission
+        state.stream = state.member.source.open_stream(state.window, batch_size)
         await self._stream_next(state)
 
     async def _stream_next(self, state: _StreamState) -> None:
         assert state.stream is not None
         start = trio.current_time()
-        state.batch, state.ids = [], []
-        state.status = Status.TIMEOUT
-        with trio.move_on_after(self._timeout):
-            try:
-                batch = await state.stream.next_batch()
-                check_order(batch)
-            except TimeoutError as exc:
-                state.error = describe_error(exc)
-            except Exception as exc:
-                state.status, state.error = Status.ERROR, describe_error(exc)
-            else:
-                state.status = Status.OK
-                state.batch, state.ids = list(batch), [row.id for row in batch]
+        state.status, batch, state.error = await attempt(state.stream.next_batch, self._timeout)
+        state.batch, state.ids = list(batch), [row.id for row in batch]
         state.duration += trio.current_time() - start
-        if state.status is Status.TIMEOUT and state.error is None:
-            state.error = f"no batch within {self._timeout:g} s"
         if state.status is not Status.OK or not state.batch:
             state.finished = True
 
@@ -437,8 +411,7 @@ class Collector:
             breaker=state.breaker.state,
             missing_ids=missing,
         )
-        for observer in self._observers:
-            observer(outcome)
+        self._notify(outcome)
         return outcome
 
     async def probe(self) -> tuple[Probe, ...]:
@@ -448,16 +421,10 @@ class Collector:
         async def ping(index: int) -> None:
             member, breaker = self._members[index], self._breakers[index]
             start = trio.current_time()
-            error: str | None = f"no answer within {self._timeout:g} s"
-            with trio.move_on_after(self._timeout):
-                try:
-                    await member.source.ping()
-                except Exception as exc:
-                    error = describe_error(exc)
-                else:
-                    error = None
+            status, _, error = await attempt(member.source.ping, self._timeout)
             duration = trio.current_time() - start
-            probes[index] = Probe(member.source.name, error is None, duration, error, breaker.state)
+            reachable = status is Status.OK
+            probes[index] = Probe(member.source.name, reachable, duration, error, breaker.state)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(self._members)):
@@ -476,47 +443,28 @@ class Collector:
         window = query.window_for(source.name)
         start = trio.current_time()
         rows: Sequence[Row] = ()
-        if member.ids is not None and not window.intersects(member.ids):
+        admission = admit(member, breaker, window)
+        if isinstance(admission, tuple):
+            status, error = admission
+        else:
+            try:
+                status, rows, error = await attempt(partial(source.fetch, window), budget)
+            except BaseException:
+                breaker.release(admission)  # cancelled from outside: no verdict on the source
+                raise
+            breaker.record(admission, success=status is Status.OK)
+        if status is Status.PRUNED:
             # No id it could hold is asked for: no connection, no breaker verdict.
             outcome = Outcome(source.name, Status.PRUNED, 0, 0.0, breaker=breaker.state)
-            for observer in self._observers:
-                observer(outcome)
+            self._notify(outcome)
             results[index] = (outcome, rows)
             return
-        permit = breaker.acquire()
-        if permit is None:
-            status = Status.SKIPPED
-            error: str | None = (
-                f"circuit open after {breaker.consecutive_failures} failures in a row"
-            )
-        else:
-            status = Status.TIMEOUT
-            error = None
-            try:
-                with trio.move_on_after(budget):
-                    try:
-                        rows = await source.fetch(window)
-                        check_order(rows)
-                    except TimeoutError as exc:
-                        # A driver's own timeout is set just below ours, so it can fire first.
-                        status, error = Status.TIMEOUT, describe_error(exc)
-                    except Exception as exc:
-                        status, error = Status.ERROR, describe_error(exc)
-                    else:
-                        status = Status.OK
-            except BaseException:
-                breaker.release(permit)  # cancelled from outside: no verdict on the source
-                raise
-            breaker.record(permit, success=status is Status.OK)
         duration = trio.current_time() - start
-        if status is Status.TIMEOUT and error is None:
-            error = f"no answer within {budget:g} s"
         out_of_range = 0
         if status is Status.OK:
             if member.ids is not None:
-                out_of_range = sum(1 for row in rows if not in_ranges(row.id, member.ids))
+                out_of_range = count_outside(rows, member.ids)
         else:
-            rows = ()
             log.warning(
                 "source %s %s after %.1f ms: %s",
                 source.name,
@@ -542,9 +490,64 @@ class Collector:
                 out_of_range,
                 extra={"source": source.name, "out_of_range": out_of_range},
             )
+        self._notify(outcome)
+        results[index] = (outcome, rows)
+
+    def _notify(self, outcome: Outcome) -> None:
         for observer in self._observers:
             observer(outcome)
-        results[index] = (outcome, rows)
+
+
+async def attempt(
+    call: Callable[[], Awaitable[Sequence[Row] | None]], budget: float
+) -> tuple[Status, Sequence[Row], str | None]:
+    """Run one source call under the deadline; every way it can end becomes a status.
+
+    This is the per-source guard: it catches all that a source can raise, so the
+    nursery around it never cancels a sibling. Rows must come ordered by id.
+    """
+    status = Status.TIMEOUT
+    rows: Sequence[Row] = ()
+    error: str | None = f"no answer within {budget:g} s"
+    with trio.move_on_after(budget):
+        try:
+            answer = await call()
+            rows = answer if answer is not None else ()
+            check_order(rows)
+        except TimeoutError as exc:
+            # A driver's own timeout is set just below ours, so it can fire first.
+            rows, error = (), describe_error(exc)
+        except Exception as exc:
+            status, rows, error = Status.ERROR, (), describe_error(exc)
+        else:
+            status, error = Status.OK, None
+    return status, rows, error
+
+
+def admit(
+    member: Member, breaker: CircuitBreaker, window: Window
+) -> Permit | tuple[Status, str | None]:
+    """A permit to ask the source, or why not: pruned by its ranges, or breaker open."""
+    if member.ids is not None and not window.intersects(member.ids):
+        return Status.PRUNED, None
+    permit = breaker.acquire()
+    if permit is None:
+        failures = breaker.consecutive_failures
+        return Status.SKIPPED, f"circuit open after {failures} failures in a row"
+    return permit
+
+
+def count_outside(rows: Sequence[Row], ranges: IdRanges) -> int:
+    """How many of ``rows`` (ordered by id) lie outside the inclusive ``ranges``.
+
+    Counted per range with two bisections over the ids, not per row: a page of
+    thousands of rows from a source declaring hundreds of ranges stays cheap.
+    """
+    ids = list(map(operator.itemgetter(0), rows))
+    inside = sum(
+        bisect.bisect_right(ids, last) - bisect.bisect_left(ids, first) for first, last in ranges
+    )
+    return len(ids) - inside
 
 
 class _StreamState:
@@ -647,12 +650,19 @@ def next_cursor(
             else:
                 position = _furthest(own_after, last)
         positions.append((outcome.source, position))
-    if not more:
-        return None
+    return cursor_at(positions) if more else None
+
+
+def cursor_at(positions: Sequence[tuple[str, int | None]], done: Collection_[str] = ()) -> Cursor:
+    """A cursor from per-source positions: the furthest is ``after``, the rest lag.
+
+    Sources in ``done`` have nothing left to give, so they are never listed.
+    """
     after: int | None = None
     for _, position in positions:
         after = _furthest(after, position)
-    return Cursor(after=after, behind=tuple(p for p in positions if p[1] != after))
+    behind = tuple(p for p in positions if p[1] != after and p[0] not in done)
+    return Cursor(after=after, behind=behind)
 
 
 def _furthest(a: int | None, b: int | None) -> int | None:
@@ -662,12 +672,6 @@ def _furthest(a: int | None, b: int | None) -> int | None:
     if b is None:
         return a
     return max(a, b)
-
-
-def in_ranges(value: int, ranges: IdRanges) -> bool:
-    """Whether ``value`` lies in one of the sorted, inclusive ``ranges``."""
-    index = bisect.bisect_right(ranges, (value, float("inf"))) - 1
-    return index >= 0 and ranges[index][0] <= value <= ranges[index][1]
 
 
 def merge_ranges(ranges: Sequence[IdRange]) -> IdRanges:

@@ -12,6 +12,7 @@ The functions are asyncio-flavoured: ``collector init-db`` runs them with
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import re
@@ -49,6 +50,7 @@ class InitReport:
     inserted_rows: int
 
 
+@functools.cache
 def sql_file(name: str) -> str:
     """The text of ``schema.sql`` or ``seed.sql``, installed or in a checkout."""
     packaged = resources.files("service").joinpath("sql", name)

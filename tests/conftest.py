@@ -11,7 +11,8 @@ import trio_asyncio
 from service.config import Config
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
-from tests.support.faultproxy import FaultProxy, ProxyFactory
+from tests.support.faultproxy import ProxyFactory
+from tests.support.pg import proxy_factory
 
 
 @pytest.fixture
@@ -38,10 +39,4 @@ def reference_config(postgres_dsn: str) -> Iterator[Config]:
 @pytest.fixture
 def fault_proxy(nursery: trio.Nursery) -> ProxyFactory:
     """Make a fault proxy in front of a source's server; returns it and the proxied DSN."""
-
-    async def make(dsn: str) -> tuple[FaultProxy, str]:
-        proxy = FaultProxy(pg.server_address(dsn))
-        port = await nursery.start(proxy.run)
-        return proxy, pg.through_proxy(dsn, port)
-
-    return make
+    return proxy_factory(nursery)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
@@ -61,11 +61,6 @@ class AsyncioBridge:
         loop.set_exception_handler(log_unhandled_error)
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop the drivers run on (needed to create their pools)."""
-        return self._loop
-
-    @property
     def pending(self) -> int:
         """How many asyncio tasks are still running, abandoned ones included."""
         return len(self._pending)
@@ -78,9 +73,7 @@ class AsyncioBridge:
         """
         if self._loop.is_closed():
             raise LoopClosedError("the asyncio loop is closed")
-        future = asyncio.ensure_future(_call(fn, *args, **kwargs), loop=self._loop)
-        self._pending.add(future)
-        future.add_done_callback(self._forget)
+        future = self._start(_call(fn, *args, **kwargs), log_failure=False)
         done = trio.Event()
         # The callback runs inside the trio-asyncio loop's runner, which is a Trio
         # task of the same run, so setting a Trio event from it is safe.
@@ -102,11 +95,8 @@ class AsyncioBridge:
 
         Its failure is logged, never raised; ``drain`` waits for it at shutdown.
         """
-        if self._loop.is_closed():
-            return
-        future = asyncio.ensure_future(_call(fn, *args, **kwargs), loop=self._loop)
-        self._pending.add(future)
-        future.add_done_callback(self._forget_logging)
+        if not self._loop.is_closed():
+            self._start(_call(fn, *args, **kwargs), log_failure=True)
 
     async def drain(self) -> None:
         """Wait until every task started here, abandoned ones included, has ended.
@@ -124,18 +114,19 @@ class AsyncioBridge:
                 future.cancel()
             raise
 
-    def _forget_logging(self, future: asyncio.Future[Any]) -> None:
-        self._pending.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            error = future.exception()
-            log.warning("driver clean-up failed: %s: %s", type(error).__name__, error)
+    def _start(self, coro: Coroutine[Any, Any, T], *, log_failure: bool) -> asyncio.Future[T]:
+        future = asyncio.ensure_future(coro, loop=self._loop)
+        self._pending.add(future)
+        future.add_done_callback(partial(self._forget, log_failure=log_failure))
+        return future
 
-    def _forget(self, future: asyncio.Future[Any]) -> None:
+    def _forget(self, future: asyncio.Future[Any], *, log_failure: bool) -> None:
         self._pending.discard(future)
-        # Mark the outcome as seen: an abandoned task's error was already
-        # reported as a timeout, and asyncio would otherwise log it again.
-        if not future.cancelled():
-            future.exception()
+        # Retrieving the outcome marks it as seen: an abandoned task's error was
+        # already reported as a timeout, and asyncio would otherwise log it again.
+        error = None if future.cancelled() else future.exception()
+        if error is not None and log_failure:
+            log.warning("driver clean-up failed: %s: %s", type(error).__name__, error)
 
 
 async def _call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:

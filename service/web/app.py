@@ -113,13 +113,9 @@ def create_app(
             if not admission.enter():
                 return overloaded()
             return ndjson_response(query)
-        if not admission.enter():
+        collection = await admitted_collect(query)
+        if collection is None:
             return overloaded()
-        try:
-            collection = await collect(query)
-        finally:
-            admission.leave()
-        note_outcome(collection)
         headers = formats.collection_headers(collection)
         if collection.next is not None and query.limit is not None:
             link = f"{request.path}?{cursor_params(query.limit, collection.next)}"
@@ -146,13 +142,9 @@ def create_app(
         media_type = negotiate()
         if media_type is None:
             return not_acceptable()
-        if not admission.enter():
+        collection = await admitted_collect(Query(after=wanted - 1, until=wanted))
+        if collection is None:
             return overloaded()
-        try:
-            collection = await collect(Query(after=wanted - 1, until=wanted))
-        finally:
-            admission.leave()
-        note_outcome(collection)
         headers = formats.collection_headers(collection)
         strict = strict_problem(collection, headers)
         if strict is not None:
@@ -207,11 +199,19 @@ def create_app(
             invalid_params=[{"name": error.name, "reason": error.reason}],
         )
 
-    def note_outcome(collection: Collection) -> None:
-        fields = request_fields.get()
+    async def admitted_collect(query: Query) -> Collection | None:
+        """The collection, or None when the admission cap is reached (answer 503)."""
+        if not admission.enter():
+            return None
+        try:
+            collection = await collect(query)
+        finally:
+            admission.leave()
+        fields = request_fields.get()  # what the access line reports
         if fields is not None:
             fields["complete"] = collection.complete
             fields["missing"] = list(collection.missing)
+        return collection
 
     def strict_problem(collection: Collection, headers: dict[str, str]) -> Reply | None:
         headers["Vary"] = "Accept, Prefer"

@@ -70,28 +70,23 @@ def next_json(cursor: Cursor | None, limit: int | None, path: str) -> dict[str, 
 
 def envelope_json(collection: Collection, limit: int | None = None, path: str = "") -> bytes:
     """The rows together with every source's outcome, for clients that want details."""
-    return orjson.dumps(
-        {
-            "data": orjson.Fragment(rows_json(collection.rows)),
-            "complete": collection.complete,
-            "missing_ids": ranges_json(collection.missing_ids),
-            "sources": [outcome_json(outcome) for outcome in collection.outcomes],
-            "next": next_json(collection.next, limit, path),
-        }
-    )
+    rows = orjson.Fragment(rows_json(collection.rows))
+    return orjson.dumps({"data": rows, **summary(collection, limit, path)})
 
 
 def stream_summary(collection: Collection, limit: int | None, path: str) -> bytes:
     """The last line of an NDJSON stream: completeness per source, where to resume."""
-    return orjson.dumps(
-        {
-            "complete": collection.complete,
-            "missing_ids": ranges_json(collection.missing_ids),
-            "sources": [outcome_json(outcome) for outcome in collection.outcomes],
-            "next": next_json(collection.next, limit, path),
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    return orjson.dumps(summary(collection, limit, path), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def summary(collection: Collection, limit: int | None, path: str) -> dict[str, Any]:
+    """What the envelope and a stream's last line both say about a collection."""
+    return {
+        "complete": collection.complete,
+        "missing_ids": ranges_json(collection.missing_ids),
+        "sources": [outcome_json(outcome) for outcome in collection.outcomes],
+        "next": next_json(collection.next, limit, path),
+    }
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -17,7 +18,10 @@ import httpx
 import pytest
 import trio
 
-from service.config import Config
+from service.config import Config, SourceConfig
+from service.sources.bridge import AsyncioBridge
+from tests.support import pg
+from tests.support.faultproxy import FaultProxy, Mode, ProxyFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +136,65 @@ async def serving(
         httpx.AsyncClient(base_url=server.url, timeout=30) as client,
     ):
         yield server, client
+
+
+@dataclass
+class ProxiedService:
+    """A running ``collector serve`` whose sources sit behind fault proxies."""
+
+    client: httpx.AsyncClient
+    proxies: dict[str, FaultProxy]
+    config: Config
+
+
+@asynccontextmanager
+async def proxied_service(
+    reference_config: Config,
+    fault_proxy: ProxyFactory,
+    tmp_path: Path,
+    *,
+    timeout: float,
+    proxied: tuple[str, ...] = ("source_1", "source_2", "source_3"),
+    coalesce: bool = True,
+    **overrides: dict[str, object],
+) -> AsyncIterator[ProxiedService]:
+    """``collector serve`` with the named sources behind fault proxies."""
+    proxies: dict[str, FaultProxy] = {}
+    sources: list[SourceConfig] = []
+    for source in reference_config.sources:
+        changes = dict(overrides.get(source.name, {}))
+        if source.name in proxied:
+            proxies[source.name], changes["dsn"] = await fault_proxy(source.dsn)
+        sources.append(dataclasses.replace(source, **changes))  # type: ignore[arg-type]
+    config = Config(sources=tuple(sources), timeout=timeout, coalesce=coalesce)
+    config_file = write_config(tmp_path / "collector.toml", config)
+    async with (
+        running_server(["--config", str(config_file)]) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+    ):
+        yield ProxiedService(client, proxies, config)
+
+
+#: The faults ``fault_on`` injects, by name.
+PROXY_FAULTS = {
+    "blackhole": Mode.BLACKHOLE,
+    "delay": Mode.DELAY,
+    "reset": Mode.RESET,
+    "refuse": Mode.REFUSE,
+}
+
+
+@asynccontextmanager
+async def fault_on(
+    fault: str, proxy: FaultProxy, source: SourceConfig, bridge: AsyncioBridge, *, delay: float
+) -> AsyncIterator[None]:
+    """Break ``source`` for the duration: a proxy fault, or ``lock`` (a table lock)."""
+    if fault == "lock":
+        async with pg.locked_table(bridge, source.dsn, source.table):
+            yield
+        return
+    await proxy.set_mode(PROXY_FAULTS[fault], delay=delay)
+    try:
+        yield
+    finally:
+        await proxy.set_mode(Mode.PASS)

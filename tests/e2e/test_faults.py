@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -22,9 +21,10 @@ import trio
 from service.breaker import BreakerSettings
 from service.config import Access, Config, SourceConfig
 from service.sources.bridge import AsyncioBridge
-from tests.e2e.conftest import running_server, write_config
+from tests.e2e.conftest import fault_on, running_server, write_config
+from tests.e2e.conftest import proxied_service as serve_proxied
 from tests.support import pg
-from tests.support.faultproxy import FaultProxy, Mode, ProxyFactory
+from tests.support.faultproxy import Mode, ProxyFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -45,41 +45,8 @@ FAULTS = {
     "refuse": "error",
     "lock": "timeout",
 }
-
-
-@dataclasses.dataclass
-class Service:
-    client: httpx.AsyncClient
-    proxies: dict[str, FaultProxy]
-    config: Config
-
-
-@asynccontextmanager
-async def proxied_service(
-    reference_config: Config,
-    fault_proxy: ProxyFactory,
-    tmp_path: Path,
-    *,
-    timeout: float = TIMEOUT,
-    proxied: tuple[str, ...] = ("source_1", "source_2", "source_3"),
-    coalesce: bool = True,
-    **overrides: dict[str, object],
-) -> AsyncIterator[Service]:
-    """``collector serve`` with the named sources behind fault proxies."""
-    proxies: dict[str, FaultProxy] = {}
-    sources: list[SourceConfig] = []
-    for source in reference_config.sources:
-        changes = dict(overrides.get(source.name, {}))
-        if source.name in proxied:
-            proxies[source.name], changes["dsn"] = await fault_proxy(source.dsn)
-        sources.append(dataclasses.replace(source, **changes))  # type: ignore[arg-type]
-    config = Config(sources=tuple(sources), timeout=timeout, coalesce=coalesce)
-    config_file = write_config(tmp_path / "collector.toml", config)
-    async with (
-        running_server(["--config", str(config_file)]) as server,
-        httpx.AsyncClient(base_url=server.url, timeout=30) as client,
-    ):
-        yield Service(client, proxies, config)
+#: Every service here has a 1 s deadline unless a test says otherwise.
+proxied_service = partial(serve_proxied, timeout=TIMEOUT)
 
 
 async def timed_get(client: httpx.AsyncClient, **kwargs: object) -> tuple[httpx.Response, float]:
@@ -90,27 +57,6 @@ async def timed_get(client: httpx.AsyncClient, **kwargs: object) -> tuple[httpx.
 
 def healthy_ids(*faulty: str) -> list[int]:
     return sorted(i for name, ids in SOURCE_IDS.items() if name not in faulty for i in ids)
-
-
-@asynccontextmanager
-async def fault_on(
-    fault: str, proxy: FaultProxy, source: SourceConfig, bridge: AsyncioBridge
-) -> AsyncIterator[None]:
-    if fault == "lock":
-        async with pg.locked_table(bridge, source.dsn, source.table):
-            yield
-        return
-    mode = {
-        "blackhole": Mode.BLACKHOLE,
-        "delay": Mode.DELAY,
-        "reset": Mode.RESET,
-        "refuse": Mode.REFUSE,
-    }[fault]
-    await proxy.set_mode(mode, delay=3 * TIMEOUT)
-    try:
-        yield
-    finally:
-        await proxy.set_mode(Mode.PASS)
 
 
 @pytest.mark.parametrize("faulty", ["source_1", "source_2"], ids=["raw", "orm"])
@@ -130,7 +76,8 @@ async def test_single_source_fault_costs_at_most_the_deadline(
         warm, _ = await timed_get(service.client)  # pools now hold open connections
         assert warm.headers["Collection-Complete"] == "?1"
         source = pg.source(reference_config, faulty)
-        async with fault_on(fault, service.proxies[faulty], source, asyncio_bridge):
+        proxy = service.proxies[faulty]
+        async with fault_on(fault, proxy, source, asyncio_bridge, delay=3 * TIMEOUT):
             response, elapsed = await timed_get(service.client, headers=ENVELOPE)
             assert elapsed <= TIMEOUT + SLACK
             assert response.status_code == 200

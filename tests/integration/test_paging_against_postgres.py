@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 
 import pytest
 
 from service.config import Access, Config, SourceConfig
-from service.core import Collection, Collector, Query, Row, Status
-from service.sources import open_sources
+from service.core import Collection, Query, Row, Status
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
+from tests.support.collecting import collector_for, read_stream
 from tests.support.faultproxy import Mode, ProxyFactory
 
 pytestmark = pytest.mark.integration
 
 ALL_IDS = list(range(1, 61))
-
-
-@asynccontextmanager
-async def collector_for(
-    bridge: AsyncioBridge, sources: tuple[SourceConfig, ...], timeout: float = 2.0
-) -> AsyncIterator[Collector]:
-    async with open_sources(Config(sources=sources, timeout=timeout), bridge) as members:
-        yield Collector(members, timeout)
 
 
 def all_orm(config: Config) -> tuple[SourceConfig, ...]:
@@ -91,31 +82,18 @@ async def test_source_failing_mid_pagination_is_caught_up_on_later_pages(
     assert len(seen) == 60
 
 
-async def stream_all(
-    collector: Collector, query: Query, batch: int
-) -> tuple[list[int], Collection]:
-    ids: list[int] = []
-    summary = None
-    async with aclosing(collector.stream(query, batch)) as items:
-        async for item in items:
-            if isinstance(item, Collection):
-                summary = item
-            else:
-                ids.extend(row.id for row in item)
-    assert summary is not None
-    return ids, summary
-
-
 @pytest.mark.parametrize("mode", ["mixed", "orm"])
 async def test_stream_reads_every_row_through_server_side_cursors(
     asyncio_bridge: AsyncioBridge, reference_config: Config, mode: str
 ) -> None:
     sources = reference_config.sources if mode == "mixed" else all_orm(reference_config)
     async with collector_for(asyncio_bridge, sources) as collector:
-        ids, summary = await stream_all(collector, Query(), batch=4)
+        rows, summary = await read_stream(collector, Query(), batch=4)
+        ids = [row.id for row in rows]
         assert ids == ALL_IDS
         assert summary.complete
-        again, _ = await stream_all(collector, Query(after=50), batch=4)
+        later, _ = await read_stream(collector, Query(after=50), batch=4)
+        again = [row.id for row in later]
         assert again == list(range(51, 61))  # the pools are healthy after a stream
 
 

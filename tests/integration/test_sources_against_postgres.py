@@ -6,17 +6,14 @@ on Trio's real clock: these are the deadlines users see.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 
-from service.config import Access, Config, SourceConfig
+from service.config import Access, Config
 from service.core import Collection, Collector, Status
-from service.sources import open_sources
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
+from tests.support.collecting import collector_for
 from tests.support.faultproxy import Mode, ProxyFactory
 
 pytestmark = pytest.mark.integration
@@ -35,15 +32,6 @@ def without(*names: str) -> list[int]:
     """The reference ids, less those held by the named sources."""
     missing = set().union(*(SOURCE_IDS[name] for name in names))
     return [i for i in REFERENCE_IDS if i not in missing]
-
-
-@asynccontextmanager
-async def collector_for(
-    bridge: AsyncioBridge, sources: tuple[SourceConfig, ...], timeout: float = 2.0
-) -> AsyncIterator[Collector]:
-    config = Config(sources=sources, timeout=timeout)
-    async with open_sources(config, bridge) as opened:
-        yield Collector(opened, timeout)
 
 
 async def timed_collect(collector: Collector) -> tuple[Collection, float]:

@@ -23,6 +23,7 @@ from service.config import Config, SourceConfig
 from service.dbinit import init_source
 from service.embedded import REFERENCE_SOURCES, embedded_server
 from service.sources.bridge import AsyncioBridge
+from tests.support.faultproxy import FaultProxy, ProxyFactory
 
 TEST_DSN_ENV = "COLLECTOR_TEST_DSN"
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -176,3 +177,14 @@ async def locked_table(bridge: AsyncioBridge, dsn: str, table: str) -> AsyncIter
         finally:
             with trio.CancelScope(shield=True):
                 await holder.execute("ROLLBACK")
+
+
+def proxy_factory(nursery: trio.Nursery) -> ProxyFactory:
+    """Makes fault proxies running in ``nursery``: (proxy, DSN through it) for a DSN."""
+
+    async def make(dsn: str) -> tuple[FaultProxy, str]:
+        proxy = FaultProxy(server_address(dsn))
+        port = await nursery.start(proxy.run)
+        return proxy, through_proxy(dsn, port)
+
+    return make

@@ -8,8 +8,8 @@ from service.core import (
     Member,
     Row,
     Status,
+    count_outside,
     describe_error,
-    in_ranges,
     merge_by_id,
     merge_ranges,
 )
@@ -214,8 +214,8 @@ def test_ranges_are_merged_when_they_touch_or_overlap() -> None:
 @pytest.mark.parametrize(
     ("value", "inside"), [(0, False), (1, True), (10, True), (11, False), (31, True), (41, False)]
 )
-def test_in_ranges_checks_inclusive_bounds(value: int, inside: bool) -> None:
-    assert in_ranges(value, ((1, 10), (31, 40))) is inside
+def test_declared_ranges_are_inclusive(value: int, inside: bool) -> None:
+    assert count_outside([Row(value, None)], ((1, 10), (31, 40))) == (0 if inside else 1)
 
 
 def unordered_fetch(result: list[Row]):  # a source that ignores ORDER BY

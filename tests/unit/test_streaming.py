@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from contextlib import aclosing
-
 import trio
 
-from service.core import Collection, Collector, Member, Query, Row, Status
+from service.core import Collector, Member, Query, Status
+from tests.support.collecting import read_stream
 from tests.unit.fakes import FakeSource, rows
 
 TIMEOUT = 2.0
@@ -21,24 +20,9 @@ def interleaved() -> list[Member]:
     ]
 
 
-async def drain(collector: Collector, query: Query, batch: int) -> tuple[list[Row], Collection]:
-    merged: list[Row] = []
-    summary = None
-    async with aclosing(collector.stream(query, batch)) as items:
-        async for item in items:
-            if isinstance(item, Collection):
-                summary = item
-            else:
-                assert summary is None, "rows after the summary"
-                assert 0 < len(item) <= batch
-                merged.extend(item)
-    assert summary is not None
-    return merged, summary
-
-
 async def test_stream_merges_every_row_in_order_in_bounded_chunks() -> None:
     members = interleaved()
-    merged, summary = await drain(Collector(members, TIMEOUT), Query(), batch=7)
+    merged, summary = await read_stream(Collector(members, TIMEOUT), Query(), batch=7)
     assert [row.id for row in merged] == list(range(1, 301))
     assert summary.complete
     assert summary.next is None
@@ -58,7 +42,7 @@ async def test_source_failing_mid_stream_ends_only_its_contribution(
     assert isinstance(broken, FakeSource)
     broken.fail_at_batch = 2  # stalls after delivering two batches of five
     start = trio.current_time()
-    merged, summary = await drain(Collector(members, TIMEOUT), Query(), batch=5)
+    merged, summary = await read_stream(Collector(members, TIMEOUT), Query(), batch=5)
     assert trio.current_time() - start == TIMEOUT
     ids = [row.id for row in merged]
     assert ids == sorted(ids)
@@ -77,7 +61,7 @@ async def test_stream_error_is_reported_with_its_reason() -> None:
     broken = members[0].source
     assert isinstance(broken, FakeSource)
     broken.error, broken.fail_at_batch = OSError("connection reset"), 0
-    merged, summary = await drain(Collector(members, TIMEOUT), Query(), batch=50)
+    merged, summary = await read_stream(Collector(members, TIMEOUT), Query(), batch=50)
     assert len(merged) == 200
     assert summary.outcomes[0].status is Status.ERROR
     assert summary.outcomes[0].error == "OSError: connection reset"
@@ -85,7 +69,9 @@ async def test_stream_error_is_reported_with_its_reason() -> None:
 
 async def test_stream_respects_window_and_limit() -> None:
     members = interleaved()
-    merged, summary = await drain(Collector(members, TIMEOUT), Query(after=95, limit=20), batch=8)
+    merged, summary = await read_stream(
+        Collector(members, TIMEOUT), Query(after=95, limit=20), batch=8
+    )
     assert [row.id for row in merged] == list(range(96, 116))
     assert summary.next is not None
     assert summary.next.after == 115
@@ -95,7 +81,7 @@ async def test_stream_prunes_sources_outside_declared_ranges() -> None:
     a = FakeSource("a", rows(1, 2, 3))
     b = FakeSource("b", rows(11, 12))
     collector = Collector([Member(a, ids=((1, 10),)), Member(b, ids=((11, 20),))], TIMEOUT)
-    merged, summary = await drain(collector, Query(after=10), batch=10)
+    merged, summary = await read_stream(collector, Query(after=10), batch=10)
     assert [row.id for row in merged] == [11, 12]
     assert [o.status for o in summary.outcomes] == [Status.PRUNED, Status.OK]
     assert a.calls == 0

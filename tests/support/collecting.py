@@ -1,0 +1,38 @@
+"""Driving the collector directly in tests: real sources opened, streams read out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+
+from service.config import Config, SourceConfig
+from service.core import Collection, Collector, Query, Row
+from service.sources import open_sources
+from service.sources.bridge import AsyncioBridge
+
+
+@asynccontextmanager
+async def collector_for(
+    bridge: AsyncioBridge, sources: tuple[SourceConfig, ...], timeout: float = 2.0
+) -> AsyncIterator[Collector]:
+    """A collector over ``sources`` opened the way the server opens them."""
+    async with open_sources(Config(sources=sources, timeout=timeout), bridge) as members:
+        yield Collector(members, timeout)
+
+
+async def read_stream(
+    collector: Collector, query: Query, batch: int
+) -> tuple[list[Row], Collection]:
+    """Every streamed row and the summary, checking the chunks on the way."""
+    merged: list[Row] = []
+    summary = None
+    async with aclosing(collector.stream(query, batch)) as items:
+        async for item in items:
+            if isinstance(item, Collection):
+                summary = item
+            else:
+                assert summary is None, "rows after the summary"
+                assert 0 < len(item) <= batch
+                merged.extend(item)
+    assert summary is not None
+    return merged, summary
