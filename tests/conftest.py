@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
-import trio_asyncio
 
 from service.config import Config
+from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
 from tests.support.faultproxy import ProxyFactory
@@ -18,7 +18,7 @@ from tests.support.pg import proxy_factory
 @pytest.fixture
 async def asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     """A trio-asyncio loop for the drivers, opened for one test."""
-    async with trio_asyncio.open_loop() as loop:
+    async with open_loop() as loop:
         yield AsyncioBridge(loop)
 
 

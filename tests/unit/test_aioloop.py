@@ -1,0 +1,136 @@
+"""The tuned trio-asyncio loop keeps asyncio's semantics and Trio's fairness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sniffio
+import trio
+import trio.testing
+
+from service.sources.aioloop import PURGE_MIN_CANCELLED, open_loop, tune
+
+
+async def settle(loop: asyncio.AbstractEventLoop) -> None:
+    """Wait until every callback queued so far has run."""
+    done = trio.Event()
+    loop.call_soon(done.set)
+    await done.wait()
+
+
+async def test_callbacks_run_in_the_order_they_were_queued() -> None:
+    ran: list[int] = []
+    async with open_loop() as loop:
+        for n in range(500):
+            loop.call_soon(ran.append, n)
+        await settle(loop)
+    assert ran == list(range(500))
+
+
+async def test_timers_fire_in_time_order_never_early_and_cancelled_ones_never(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[tuple[str, float]] = []
+    async with open_loop() as loop:
+        start = loop.time()
+
+        def record(name: str) -> None:
+            fired.append((name, loop.time() - start))
+
+        loop.call_later(3.0, record, "third")
+        loop.call_later(1.0, record, "first")
+        loop.call_later(2.0, record, "cancelled").cancel()
+        loop.call_later(2.0, record, "second")
+        await trio.sleep(5)
+    assert [name for name, _ in fired] == ["first", "second", "third"]
+    assert [when for _, when in fired] == [pytest.approx(1.0), pytest.approx(2.0), 3.0]
+    assert all(when >= delay for (_, when), delay in zip(fired, (1.0, 2.0, 3.0), strict=True))
+
+
+async def test_cancelled_timers_do_not_pile_up(autojump_clock: trio.testing.MockClock) -> None:
+    # asyncpg arms a long timer per statement and per release and cancels it soon
+    # after; a cancelled timer must not stay in the heap until its time comes.
+    fired: list[str] = []
+    async with open_loop() as loop:
+        keeper = loop.call_later(3600, fired.append, "kept")
+        for _ in range(10 * PURGE_MIN_CANCELLED):
+            timer = loop.call_later(3600, fired.append, "cancelled")
+            await settle(loop)  # the timer is in the heap now
+            timer.cancel()
+        timers: list[Any] = loop._timers  # type: ignore[attr-defined]
+        assert len(timers) <= 2 * PURGE_MIN_CANCELLED + 2
+        assert keeper in timers
+        await trio.sleep(3601)
+    assert fired == ["kept"]
+
+
+async def test_a_callback_that_keeps_rescheduling_itself_does_not_starve_trio() -> None:
+    turns = 0
+    async with open_loop() as loop:
+        spinning = True
+
+        def spin() -> None:
+            nonlocal turns
+            turns += 1
+            if spinning:
+                loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        before = turns
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+        spinning = False
+        await settle(loop)
+    # Each Trio checkpoint let at most a turn or two of the spinner run.
+    assert 0 < turns - before <= 30
+
+
+async def test_a_failing_callback_is_reported_and_the_loop_goes_on() -> None:
+    reported: list[dict[str, Any]] = []
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    async with open_loop() as loop:
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        loop.call_soon(fail)
+        loop.call_soon(ran.append, "after")
+        await settle(loop)
+    assert [type(c["exception"]) for c in reported] == [ValueError]
+    assert ran == ["after"]
+
+
+async def test_asyncio_tasks_and_sniffio_see_asyncio() -> None:
+    async def which_library() -> str:
+        await asyncio.sleep(0)
+        return sniffio.current_async_library()
+
+    async with open_loop() as loop:
+        task = asyncio.ensure_future(which_library(), loop=loop)
+        done = trio.Event()
+        task.add_done_callback(lambda _task: done.set())
+        await done.wait()
+        assert task.result() == "asyncio"
+        assert sniffio.current_async_library() == "trio"
+
+
+async def test_work_queued_before_exit_still_runs() -> None:
+    ran: list[int] = []
+    async with open_loop() as loop:
+        for n in range(100):
+            loop.call_soon(ran.append, n)
+    assert ran == list(range(100))
+
+
+def test_a_loop_of_unknown_make_is_left_as_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.SelectorEventLoop()
+    try:
+        call_soon = loop.call_soon
+        assert tune(loop) is False
+        assert loop.call_soon == call_soon
+    finally:
+        loop.close()
+    assert "untuned" in caplog.text
