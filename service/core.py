@@ -443,6 +443,7 @@ class Collector:
         window = query.window_for(source.name)
         start = trio.current_time()
         rows: Sequence[Row] = ()
+        before: BreakerState | None = None  # the breaker's state before this verdict
         admission = admit(member, breaker, window)
         if isinstance(admission, tuple):
             status, error = admission
@@ -452,6 +453,7 @@ class Collector:
             except BaseException:
                 breaker.release(admission)  # cancelled from outside: no verdict on the source
                 raise
+            before = breaker.state
             breaker.record(admission, success=status is Status.OK)
         if status is Status.PRUNED:
             # No id it could hold is asked for: no connection, no breaker verdict.
@@ -464,7 +466,8 @@ class Collector:
         if status is Status.OK:
             if member.ids is not None:
                 out_of_range = count_outside(rows, member.ids)
-        else:
+        elif status is not Status.SKIPPED:
+            # A skip is not logged per request: the breaker's opening was, once.
             log.warning(
                 "source %s %s after %.1f ms: %s",
                 source.name,
@@ -473,6 +476,8 @@ class Collector:
                 error,
                 extra={"source": source.name, "status": str(status), "reason": error},
             )
+        if before is not None and breaker.state is not before:
+            log_breaker_change(source.name, before, breaker)
         outcome = Outcome(
             source=source.name,
             status=status,
@@ -496,6 +501,32 @@ class Collector:
     def _notify(self, outcome: Outcome) -> None:
         for observer in self._observers:
             observer(outcome)
+
+
+def log_breaker_change(name: str, before: BreakerState, breaker: CircuitBreaker) -> None:
+    """One line when a source's breaker opens, re-opens after a failed trial, or closes.
+
+    Requests that an open breaker skips are not logged one by one: under load that
+    would be a line per request for as long as the source is down.
+    """
+    fields = {"source": name, "breaker": str(breaker.state)}
+    if breaker.state is BreakerState.CLOSED:
+        log.info("source %s answers again: circuit closed", name, extra=fields)
+    elif before is BreakerState.CLOSED:
+        log.warning(
+            "source %s failed %d times in a row: circuit open, skipped for %g s",
+            name,
+            breaker.consecutive_failures,
+            breaker.settings.cooldown,
+            extra=fields,
+        )
+    else:
+        log.warning(
+            "source %s failed its trial: circuit open for another %g s",
+            name,
+            breaker.settings.cooldown,
+            extra=fields,
+        )
 
 
 async def attempt(

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 
 from service.breaker import BreakerSettings, BreakerState, CircuitBreaker
@@ -150,3 +153,30 @@ async def test_concurrent_requests_share_one_trial(autojump_clock: trio.abc.Cloc
             nursery.start_soon(one)
     assert sorted(statuses) == sorted([Status.OK] + [Status.SKIPPED] * 4)
     assert slow.calls == 4
+
+
+async def test_breaker_changes_are_logged_once_and_skips_not_at_all(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = FakeSource("flaky", rows(5), error=OSError("down"))
+    collector = Collector([Member(flaky, breaker=SETTINGS)], timeout=2.0)
+    caplog.set_level(logging.INFO, logger="collector.core")
+    for _ in range(3):
+        await collector.collect()
+    for _ in range(50):  # skipped while open
+        await collector.collect()
+    await trio.sleep(SETTINGS.cooldown)
+    await collector.collect()  # the trial fails
+    await trio.sleep(SETTINGS.cooldown)
+    flaky.error = None
+    await collector.collect()  # the trial succeeds
+    messages = [r.getMessage() for r in caplog.records if r.name == "collector.core"]
+    assert messages == [
+        "source flaky error after 0.0 ms: OSError: down",
+        "source flaky error after 0.0 ms: OSError: down",
+        "source flaky error after 0.0 ms: OSError: down",
+        "source flaky failed 3 times in a row: circuit open, skipped for 10 s",
+        "source flaky error after 0.0 ms: OSError: down",
+        "source flaky failed its trial: circuit open for another 10 s",
+        "source flaky answers again: circuit closed",
+    ]
