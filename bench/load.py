@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,10 @@ from tests.support import pg
 from tests.support.faultproxy import FaultProxy, Mode
 
 LUA = Path(__file__).with_name("complete.lua")
+REFERENCE = Path(__file__).with_name("reference_asyncio.py")
 CEILING = "/livez (framework ceiling), 32"
+REFERENCE_CEILING = "plain asyncio: /livez, 32"
+REFERENCE_COLLECT = "plain asyncio: /collect-data, 32"
 
 
 @dataclasses.dataclass
@@ -88,10 +92,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def wrk(name: str, url: str, connections: int, duration: int, pid: int) -> Result:
+async def wrk(
+    name: str, url: str, connections: int, duration: int, pid: int, *, count_incomplete: bool = True
+) -> Result:
     before = cpu_seconds(pid)
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency"]
-    if url.endswith("/collect-data"):
+    if url.endswith("/collect-data") and count_incomplete:
         command += ["-s", str(LUA)]  # counts answers that are not complete
     command.append(url)
     if connections == 1:
@@ -129,6 +135,20 @@ async def added_latency(base_url: str, samples: int = 300) -> float:
             durations = [float(d) for d in re.findall(r"dur=([\d.]+)", timing)]
             added.append(total - max(durations))
     return statistics.median(added)
+
+
+async def trip_breakers(url: str, workers: int) -> None:
+    """Enough timed-out requests for every worker's breaker to open (each has its own).
+
+    Each round sends several requests at once on fresh connections, which the kernel
+    spreads over the workers; a breaker opens after 5 failures in a row.
+    """
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=fresh) as client:
+        for _ in range(7):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4 * workers):
+                    nursery.start_soon(client.get, "/collect-data")
 
 
 async def scenarios(config: Config, args: argparse.Namespace, workdir: Path) -> list[Result]:
@@ -172,9 +192,7 @@ async def scenarios(config: Config, args: argparse.Namespace, workdir: Path) -> 
             path = write_config(workdir / "hole.toml", cfg, coalesce=False)
             async with running_server(["--config", str(path), *extra]) as server:
                 if label == "open":
-                    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-                        for _ in range(6):  # trip the breaker
-                            await client.get("/collect-data")
+                    await trip_breakers(server.url, args.workers)
                 result = await wrk(
                     f"/collect-data, 32, 1 black-holed, breaker {label}",
                     f"{server.url}/collect-data",
@@ -185,7 +203,45 @@ async def scenarios(config: Config, args: argparse.Namespace, workdir: Path) -> 
                 result.incomplete = None  # incomplete by construction
                 results.append(result)
         nursery.cancel_scope.cancel()
+    results += await reference(config, args, workdir)
     return results
+
+
+async def reference(config: Config, args: argparse.Namespace, workdir: Path) -> list[Result]:
+    """The plain-asyncio build of the same service (bench/reference_asyncio.py), one process."""
+    path = write_config(workdir / "reference.toml", config, coalesce=False)
+    with socket.socket() as probe:  # a free port for it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(REFERENCE), str(path), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        if (await client.get("/collect-data")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await trio.sleep(0.2)
+        return [
+            await wrk(REFERENCE_CEILING, f"{url}/livez", 32, args.duration, process.pid),
+            await wrk(
+                REFERENCE_COLLECT,
+                f"{url}/collect-data",
+                32,
+                args.duration,
+                process.pid,
+                count_incomplete=False,
+            ),
+        ]
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 async def create_pgbench_database(config: Config, server_dsn: str) -> str:
@@ -277,6 +333,13 @@ def main() -> None:
     healthy = by["/collect-data, 32, no coalescing"].rps
     opened = by["/collect-data, 32, 1 black-holed, breaker open"].rps
     print(f"black-holed source, breaker open: {opened / healthy:.2f} of the healthy figure")
+    plain = by[REFERENCE_COLLECT].rps
+    print(
+        f"plain-asyncio build of the same service (bench/reference_asyncio.py): {plain:.0f} "
+        f"req/s, {plain / by[REFERENCE_CEILING].rps:.2f} of its own framework ceiling; "
+        f"collector: {healthy / plain:.2f}x that without coalescing, "
+        f"{by['/collect-data, 32, coalescing'].rps / plain:.2f}x with"
+    )
     print(f"median added latency over the slowest source, 1 connection: {args.added_ms:.2f} ms")
 
 
