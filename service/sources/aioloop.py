@@ -137,8 +137,12 @@ class _Dispatcher:
         await self._run_ready()
 
     def timer_cancelled(self, timer: asyncio.TimerHandle) -> None:
-        """Count a cancelled timer that is still in the heap (asyncio's hook)."""
-        self._cancelled_timers += 1
+        """Count a cancelled timer if it is in the heap (asyncio's hook, on every cancel).
+
+        One cancelled while still queued is dropped when it is taken off the queue.
+        """
+        if timer._scheduled:  # type: ignore[attr-defined]
+            self._cancelled_timers += 1
 
     def _take(self, handle: asyncio.Handle) -> None:
         if isinstance(handle, asyncio.TimerHandle):

@@ -134,3 +134,16 @@ def test_a_loop_of_unknown_make_is_left_as_it_is(caplog: pytest.LogCaptureFixtur
     finally:
         loop.close()
     assert "untuned" in caplog.text
+
+
+async def test_timers_cancelled_before_reaching_the_heap_are_not_counted() -> None:
+    # Only timers in the heap count towards a purge; counting the others would make
+    # the loop rebuild its heap far more often than needed.
+    async with open_loop() as loop:
+        await settle(loop)  # the turn that was waiting when the loop was tuned is over
+        dispatcher: Any = loop._main_loop_one.__self__  # type: ignore[attr-defined]
+        for _ in range(10 * PURGE_MIN_CANCELLED):
+            loop.call_later(3600, print).cancel()
+        assert dispatcher._cancelled_timers == 0
+        await settle(loop)
+        assert loop._timers == []  # type: ignore[attr-defined]
