@@ -33,11 +33,13 @@ def timing_statuses(response: httpx.Response) -> dict[str, str]:
 async def test_serve_answers_with_every_reference_row_over_http(
     reference_config: Config, tmp_path: Path
 ) -> None:
-    async with serving(reference_config, tmp_path) as (_server, client):
+    async with serving(reference_config, tmp_path) as (server, client):
         response = await client.get("/collect-data")
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
         assert response.json() == REFERENCE
+        # The drivers run on the tuned loop (service/sources/aioloop.py).
+        assert not any("untuned" in line for line in server.output)
         assert timing_statuses(response) == {
             "source_1": "ok",
             "source_2": "ok",
