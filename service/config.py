@@ -7,6 +7,7 @@ every problem is reported as one line naming the file and the offending key.
 ```toml
 timeout = 2.0                 # seconds each source may take; missing = 2.0
 coalesce = true               # share a fan-out among identical requests arriving together
+coalesce_linger = 0.003       # seconds a group gathers after an earlier fan-out ends (0-0.02)
 api_token = "..."             # optional: data endpoints then need "Authorization: Bearer ..."
 max_concurrent_requests = 256 # data requests served at once per worker; more get 503
 [[sources]]
@@ -35,6 +36,7 @@ from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.breaker import BreakerSettings
+from service.coalesce import DEFAULT_LINGER, MAX_WAIT
 from service.core import IdRanges
 
 #: Seconds a source may take before it counts as missing (the product's contract).
@@ -62,7 +64,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # plain PostgreSQL identifiers (63 bytes) so quoting can never be escaped.
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
-_TOP_KEYS = frozenset({"timeout", "sources", "coalesce", "api_token", "max_concurrent_requests"})
+_TOP_KEYS = frozenset(
+    {"timeout", "sources", "coalesce", "coalesce_linger", "api_token", "max_concurrent_requests"}
+)
 _SOURCE_KEYS = frozenset(
     {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
 )
@@ -112,6 +116,8 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     coalesce: bool = True
     """Share one fan-out among identical requests that arrive before it starts."""
+    coalesce_linger: float = DEFAULT_LINGER
+    """Seconds a coalescing group keeps gathering after an earlier fan-out ends."""
     api_token: str | None = field(default=None, repr=False)
     """When set, data endpoints require ``Authorization: Bearer <token>``."""
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
@@ -185,6 +191,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     coalesce = data.get("coalesce", True)
     if not isinstance(coalesce, bool):
         raise ConfigError(f"'coalesce' must be true or false, got {coalesce!r}")
+    linger = data.get("coalesce_linger", DEFAULT_LINGER)
+    if not _is_number(linger) or not 0 <= linger <= MAX_WAIT:
+        raise ConfigError(f"'coalesce_linger' must be a number of seconds from 0 to {MAX_WAIT:g}")
     token = data.get("api_token")
     if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
         raise ConfigError(f"'api_token' must be a string of at least {MIN_TOKEN_LENGTH} characters")
@@ -195,6 +204,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         sources=sources,
         timeout=timeout,
         coalesce=coalesce,
+        coalesce_linger=float(linger),
         api_token=token,
         max_concurrent_requests=limit,
     )

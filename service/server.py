@@ -88,7 +88,9 @@ async def serve(
             collector = Collector(members, config.timeout)
             coalescer = None
             if config.coalesce:
-                coalescer = Coalescer(collector.collect, nursery, config.timeout)
+                coalescer = Coalescer(
+                    collector.collect, nursery, config.timeout, linger=config.coalesce_linger
+                )
             app = create_app(
                 collector,
                 coalescer=coalescer,

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
-from service.coalesce import Coalescer
+from service.coalesce import MAX_WAIT, Coalescer
 from service.core import Collector, Query
 from tests.unit.fakes import FakeSource, rows
 
@@ -107,3 +108,52 @@ async def test_joined_request_is_answered_within_its_own_deadline(
         await trio.sleep(0.5)
         requests.start_soon(ask)  # waits for it at most MAX_WAIT, then starts its own
     assert max(finished) <= 2.0 + 1e-9
+
+
+async def test_a_group_that_waited_lingers_for_the_requests_of_the_answered_group(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # Under load, the clients of a group just answered ask again within a few ms;
+    # the next group gathers them instead of leaving them a fan-out of their own.
+    source = FakeSource("a", rows(1), delay=0.010)
+    coalescer = Coalescer(Collector([source], 2.0).collect, nursery, 2.0, linger=0.003)
+    answers: dict[str, object] = {}
+
+    async def ask(name: str, at: float) -> None:
+        await trio.sleep(at)
+        answers[name] = await coalescer.collect(Query())
+
+    async with trio.open_nursery() as requests:
+        requests.start_soon(ask, "first", 0.0)  # reads from 0 to 0.010
+        requests.start_soon(ask, "waited", 0.005)  # waits for it, lingers to 0.013
+        requests.start_soon(ask, "lingered", 0.012)  # joins during the linger
+        requests.start_soon(ask, "late", 0.014)  # that fan-out has started: a new one
+    assert source.calls == 3
+    assert answers["waited"] is answers["lingered"]
+    assert answers["late"] is not answers["lingered"]
+
+
+async def test_a_request_with_no_fan_out_to_wait_for_never_lingers(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    source = FakeSource("a", rows(1), delay=0.010)
+    coalescer = Coalescer(Collector([source], 2.0).collect, nursery, 2.0, linger=0.003)
+    for _ in range(3):  # one client, one request after the other
+        start = trio.current_time()
+        await coalescer.collect(Query())
+        assert trio.current_time() - start == pytest.approx(0.010)
+    assert source.calls == 3
+
+
+async def test_waiting_and_lingering_together_stay_within_max_wait(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    source = FakeSource("a", rows(1), delay=0.015)
+    coalescer = Coalescer(Collector([source], 2.0).collect, nursery, 2.0, linger=MAX_WAIT)
+    async with trio.open_nursery() as requests:
+        requests.start_soon(coalescer.collect, Query())
+        await trio.sleep(0.001)
+        start = trio.current_time()
+        await coalescer.collect(Query())
+    # Opened at 0.001, it starts at 0.001 + MAX_WAIT, not at 0.015 + MAX_WAIT.
+    assert trio.current_time() - start == pytest.approx(MAX_WAIT + 0.015)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from service.coalesce import DEFAULT_LINGER
 from service.config import DEFAULT_POOL_SIZE, Access, ConfigError, load_config, redact_dsn
 
 VALID = """
@@ -41,6 +42,13 @@ def test_valid_config_is_loaded_with_defaults(tmp_path: Path) -> None:
     assert (second.access, second.pool_size) == (Access.ORM, 3)
 
 
+def test_coalescing_linger_defaults_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, VALID)).coalesce_linger == DEFAULT_LINGER
+    config = load_config(write(tmp_path, "coalesce_linger = 0\n" + VALID))
+    assert config.coalesce_linger == 0.0
+    assert isinstance(config.coalesce_linger, float)
+
+
 def test_timeout_defaults_to_two_seconds(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, VALID.replace("timeout = 1.5", "")))
     assert config.timeout == 2.0
@@ -74,6 +82,9 @@ def test_password_never_appears_in_a_source_repr(tmp_path: Path) -> None:
             "is not a plain identifier",
         ),
         (VALID.replace('table = "data_1"', 'table = "data_1\\""'), "is not a plain identifier"),
+        ("coalesce_linger = -0.001\n" + VALID, "'coalesce_linger' must be a number"),
+        ("coalesce_linger = 0.5\n" + VALID, "from 0 to 0.02"),
+        ("coalesce_linger = true\n" + VALID, "'coalesce_linger' must be a number"),
     ],
 )
 def test_bad_config_is_rejected_with_a_one_line_reason(
