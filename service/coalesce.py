@@ -34,12 +34,13 @@ from service.core import Collection, Query
 MAX_WAIT = 0.02
 #: Seconds a group that waited for an earlier fan-out keeps gathering after it ends.
 #: The earlier group's members are being answered at that moment, and a busy client
-#: sends its next request within a few milliseconds: measured at 32 connections on
-#: 127.0.0.1, a 1 ms linger left groups at 16 requests, 2 ms gave 28, 3 ms 31 (all the
-#: connections), with 16-20% more requests served and a lower median latency
-#: (``bench/README.md``). The cost is this much latency for requests that arrive
-#: while an identical fan-out is reading, and only for those.
-DEFAULT_LINGER = 0.003
+#: sends its next request as soon as it has its answer. Measured at 32 connections on
+#: 127.0.0.1 (``bench/README.md``): with no linger a fan-out served 16 requests; 1 ms
+#: changed nothing, 3 ms gave 19-31 depending on how busy the machine was, 5 ms 31.7
+#: every time (all the connections), 10 ms no more; 16-23% more requests served and a
+#: lower median latency. The cost is at most this much latency, and only for requests
+#: that arrive while an identical fan-out is reading.
+DEFAULT_LINGER = 0.005
 
 
 @dataclass(eq=False)

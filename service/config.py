@@ -7,7 +7,7 @@ every problem is reported as one line naming the file and the offending key.
 ```toml
 timeout = 2.0                 # seconds each source may take; missing = 2.0
 coalesce = true               # share a fan-out among identical requests arriving together
-coalesce_linger = 0.003       # seconds a group gathers after an earlier fan-out ends (0-0.02)
+coalesce_linger = 0.005       # seconds a group gathers after an earlier fan-out ends (0-0.02)
 api_token = "..."             # optional: data endpoints then need "Authorization: Bearer ..."
 max_concurrent_requests = 256 # data requests served at once per worker; more get 503
 [[sources]]
