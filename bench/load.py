@@ -246,11 +246,19 @@ async def reference(config: Config, args: argparse.Namespace, workdir: Path) -> 
         await process.wait()
 
 
-async def create_pgbench_database(config: Config, server_dsn: str) -> str:
-    dsn = pg.with_database(server_dsn, "collector_bench_pgbench")
+async def drop_pgbench_database(server_dsn: str) -> None:
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute('DROP DATABASE IF EXISTS "collector_bench_pgbench" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def create_pgbench_database(config: Config, server_dsn: str) -> str:
+    dsn = pg.with_database(server_dsn, "collector_bench_pgbench")
+    await drop_pgbench_database(server_dsn)
+    admin = await asyncpg.connect(server_dsn)
+    try:
         await admin.execute('CREATE DATABASE "collector_bench_pgbench"')
     finally:
         await admin.close()
@@ -313,7 +321,10 @@ def main() -> None:
         bench_dsn = trio_asyncio.run(
             trio_asyncio.aio_as_trio(create_pgbench_database), config, args.dsn
         )
-        db_tps = pgbench(config, bench_dsn, args.duration, Path(workdir))
+        try:
+            db_tps = pgbench(config, bench_dsn, args.duration, Path(workdir))
+        finally:
+            trio_asyncio.run(trio_asyncio.aio_as_trio(drop_pgbench_database), args.dsn)
     print(f"\nworkers={args.workers}, {args.duration} s per run, wrk -t2 on 127.0.0.1\n")
     columns = f"| {'scenario':<46} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} |"
     print(columns + " errors | incomplete | CPU ms/req |")
