@@ -38,8 +38,6 @@ from service.sources.base import DriverLimits
 from service.sources.orm import OrmSource, create_engine, session_factory
 from service.sources.raw import RawSource, create_pool
 
-LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 WARM_UP = 200
 Read = Callable[[], Awaitable[object]]
 
@@ -112,7 +110,7 @@ def config_from_json(text: str) -> Config:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=3000)
-    parser.add_argument("--dsn", default=LOCAL_DSN)
+    parser.add_argument("--dsn", help="server to create the sources on (default: local)")
     parser.add_argument("--plain-child", help=argparse.SUPPRESS)  # sources as JSON
     args = parser.parse_args()
     if args.plain_child:
@@ -126,7 +124,7 @@ def main() -> None:
 
     from tests.support import pg
 
-    with pg.reference_databases(args.dsn) as config:
+    with pg.reference_databases(args.dsn or pg.LOCAL_DSN) as config:
         sources = json.dumps(
             [
                 {"name": s.name, "dsn": s.dsn, "table": s.table, "access": s.access}
