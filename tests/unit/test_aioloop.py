@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 import sniffio
@@ -11,6 +13,8 @@ import trio
 import trio.testing
 
 from service.sources.aioloop import PURGE_MIN_CANCELLED, open_loop, tune
+
+T = TypeVar("T")
 
 
 async def settle(loop: asyncio.AbstractEventLoop) -> None:
@@ -147,3 +151,117 @@ async def test_timers_cancelled_before_reaching_the_heap_are_not_counted() -> No
         assert dispatcher._cancelled_timers == 0
         await settle(loop)
         assert loop._timers == []  # type: ignore[attr-defined]
+
+
+async def test_only_timers_still_in_the_heap_count_towards_a_purge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Counting timers that already fired, or one timer twice, would make the loop
+    # rebuild its heap far more often than needed.
+    async with open_loop() as loop:
+        dispatcher: Any = loop._main_loop_one.__self__  # type: ignore[attr-defined]
+        fired = [loop.call_later(1, print) for _ in range(10)]
+        pending = [loop.call_later(3600, print) for _ in range(10)]
+        await trio.sleep(2)
+        for timer in fired + pending + pending:
+            timer.cancel()
+        assert dispatcher._cancelled_timers == len(pending)
+
+
+async def test_a_timer_set_while_the_loop_waits_wakes_it_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_loop() as loop:
+        await settle(loop)
+        await trio.sleep(1)  # the loop has nothing to do and waits with no deadline
+        fired = trio.Event()
+        start = trio.current_time()
+        loop.call_later(5, fired.set)
+        await fired.wait()
+        assert trio.current_time() - start == pytest.approx(5)
+
+
+async def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run an asyncio coroutine on ``loop`` as a task and return its result."""
+    task = asyncio.ensure_future(coro, loop=loop)
+    done = trio.Event()
+    task.add_done_callback(lambda _task: done.set())
+    await done.wait()
+    return task.result()
+
+
+def io_tasks(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """The Trio tasks trio-asyncio runs to watch a file descriptor (one per reader or writer)."""
+    nursery: trio.Nursery = loop._nursery  # type: ignore[attr-defined]
+    return [t.name for t in nursery.child_tasks if "_io_task" in t.name]
+
+
+async def test_readers_run_while_their_socket_is_readable_until_removed() -> None:
+    received: list[bytes] = []
+    got_data = trio.Event()
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+
+        def read() -> None:
+            received.append(left.recv(100))
+            got_data.set()
+
+        async with open_loop() as loop:
+            loop.add_reader(left.fileno(), read)
+            right.send(b"ping")
+            await got_data.wait()
+            assert loop.remove_reader(left.fileno())
+            right.send(b"unread")
+            for _ in range(5):
+                await settle(loop)
+                await trio.sleep(0.01)
+            assert io_tasks(loop) == []
+    assert received == [b"ping"]
+
+
+async def test_writers_run_when_their_socket_is_writable() -> None:
+    writable = trio.Event()
+    left, right = socket.socketpair()
+    with left, right:
+        async with open_loop() as loop:
+            loop.add_writer(left.fileno(), writable.set)
+            with trio.fail_after(5):
+                await writable.wait()
+            assert loop.remove_writer(left.fileno())
+
+
+async def test_asyncio_streams_talk_over_tcp_and_leave_no_socket_watcher_behind() -> None:
+    size = 1_000_000  # more than a socket buffer: writes wait for the writer callback
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(size))
+        await writer.drain()
+        writer.close()
+
+    async def round_trips() -> list[bytes]:
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        answers = []
+        async with server:
+            for n in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(bytes([n]) * size)
+                answers.append(await reader.readexactly(size))
+                writer.close()
+                await writer.wait_closed()
+        return answers
+
+    async with open_loop() as loop:
+        answers = await run_on(loop, round_trips())
+        assert io_tasks(loop) == []
+    assert answers == [bytes([n]) * size for n in range(5)]
+
+
+async def test_a_callback_queued_from_another_thread_wakes_the_loop() -> None:
+    ran = trio.Event()
+    async with open_loop() as loop:
+        await settle(loop)
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(loop.call_soon_threadsafe, ran.set)
+            await ran.wait()
