@@ -2,7 +2,7 @@
 
 Run from the repository root (not part of the test suite; needs Debian's ``wrk``):
 
-    uv run python bench/load.py [--duration 8] [--workers 1] [--dsn ...]
+    uv run python bench/load.py [--duration 8] [--rounds 3] [--workers 1] [--dsn ...]
 
 On the local PostgreSQL it creates the reference sources (three databases) and, for
 the database ceiling, one more database holding the three tables. For each scenario
@@ -10,8 +10,8 @@ it starts ``collector serve`` exactly as a user would, drives it with wrk on
 127.0.0.1 for a bounded time, and prints one table:
 
 - /collect-data at 1 and 32 connections, with and without request coalescing;
-- the framework ceiling: /livez (no database) on the same server, same workers, just
-  before each /collect-data run at 32 connections;
+- the framework ceiling: /livez (no database) on the same server, same workers,
+  alternating with /collect-data at 32 connections for ``--rounds`` rounds;
 - the database ceiling: pgbench running the three queries (prepared) at 32 clients;
 - one source black-holed, with its breaker closed (never opens) and open;
 - the ratios of /collect-data to both ceilings, measured in the same run.
@@ -116,6 +116,26 @@ async def wrk(
     return Result(name, rps, p50, p99, errors, incomplete, cpu)
 
 
+def combined(name: str, runs: list[Result]) -> Result:
+    """Several runs of one scenario as one row: mean throughput and CPU, median latencies."""
+    cpu = [r.cpu_ms for r in runs if r.cpu_ms is not None]
+    incomplete = [r.incomplete for r in runs if r.incomplete is not None]
+    return Result(
+        name,
+        statistics.fmean(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.errors for r in runs),
+        sum(incomplete) if incomplete else None,
+        statistics.fmean(cpu) if cpu else None,
+    )
+
+
+def spread(values: list[float]) -> str:
+    """Median and range: ``0.88 (0.79-0.90)``."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 async def added_latency(base_url: str, samples: int = 300) -> float:
     """Median of (response time - slowest source's Server-Timing dur), 1 connection.
 
@@ -171,11 +191,17 @@ async def scenarios(config: Config, args: argparse.Namespace, workdir: Path) -> 
             if not coalesce:
                 results.append(await wrk("/collect-data, 1 conn", url, 1, args.duration, pid))
                 args.added_ms = await added_latency(server.url)
-            # The ceiling is measured on each server just before its /collect-data run,
-            # so that a ratio's two figures are minutes apart at most, not the whole run.
-            ceiling = CEILINGS[coalesce]
-            results.append(await wrk(ceiling, f"{server.url}/livez", 32, args.duration, pid))
-            results.append(await wrk(f"/collect-data, 32, {label}", url, 32, args.duration, pid))
+            # The ceiling and /collect-data alternate on the same server, round after
+            # round: the machine's speed drifts by tens of percent over minutes, and a
+            # ratio is only fair if both its figures saw the same machine.
+            ceilings: list[Result] = []
+            collects: list[Result] = []
+            for _ in range(args.rounds):
+                ceilings.append(await wrk("", f"{server.url}/livez", 32, args.duration, pid))
+                collects.append(await wrk("", url, 32, args.duration, pid))
+            args.ratios[coalesce] = [c.rps / f.rps for f, c in zip(ceilings, collects, strict=True)]
+            results.append(combined(CEILINGS[coalesce], ceilings))
+            results.append(combined(f"/collect-data, 32, {label}", collects))
     async with trio.open_nursery() as nursery:
         first = config.sources[0]
         proxy = FaultProxy(pg.server_address(first.dsn))
@@ -313,9 +339,11 @@ def pgbench(config: Config, dsn: str, duration: int, workdir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="ceiling/collect pairs per server")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--dsn", default=pg.LOCAL_DSN)
     args = parser.parse_args()
+    args.ratios = {}
     with pg.reference_databases(args.dsn) as config, tempfile.TemporaryDirectory() as workdir:
         results = trio.run(scenarios, config, args, Path(workdir))
         bench_dsn = trio_asyncio.run(
@@ -336,12 +364,14 @@ def main() -> None:
         print(f"| {r.name:<46} | {numbers} | {inc:>10} | {cpu:>10} |")
     print(f"| {'pgbench, 3 prepared queries (database ceiling)':<46} | {db_tps:7.1f} |")
     by = {r.name: r for r in results}
+    rounds = args.rounds
+    print(f"\n/livez and /collect-data at 32 connections alternate, {rounds} rounds per server;")
+    print("a ratio is the median of the rounds' own ratios (range in brackets)")
     for coalesce, label in ((False, "no coalescing"), (True, "coalescing")):
-        ceiling = by[CEILINGS[coalesce]].rps
         rps = by[f"/collect-data, 32, {label}"].rps
         print(
-            f"\n/collect-data at 32, {label}: {rps / ceiling:.2f} of the framework ceiling, "
-            f"{rps / db_tps:.2f} of the database ceiling"
+            f"\n/collect-data at 32, {label}: {spread(args.ratios[coalesce])} of the framework "
+            f"ceiling, {rps / db_tps:.2f} of the database ceiling"
         )
     healthy = by["/collect-data, 32, no coalescing"].rps
     opened = by["/collect-data, 32, 1 black-holed, breaker open"].rps
