@@ -31,12 +31,12 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-import psutil
 import trio
 import trio_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.measure import Connection, cpu_seconds, get_request
 from service.breaker import BreakerSettings
 from service.config import Config
 from service.sources.raw import select_window_sql
@@ -88,14 +88,6 @@ def parse_wrk(text: str) -> tuple[float, float, float, int, int | None, int]:
     return rps, latency("50"), latency("99"), errors, incomplete, requests
 
 
-def cpu_seconds(pid: int) -> float:
-    process = psutil.Process(pid)
-    total = sum(process.cpu_times()[:2])
-    for child in process.children(recursive=True):
-        total += sum(child.cpu_times()[:2])
-    return total
-
-
 async def wrk(
     name: str, url: str, connections: int, duration: int, pid: int, *, count_incomplete: bool = True
 ) -> Result:
@@ -137,30 +129,13 @@ def spread(values: list[float]) -> str:
 
 
 async def added_latency(base_url: str, samples: int = 300) -> float:
-    """Median of (response time - slowest source's Server-Timing dur), 1 connection.
-
-    A bare keep-alive socket stands in for the client, so that the figure is the
-    server's own overhead rather than an HTTP library's.
-    """
-    host, port = base_url.removeprefix("http://").rsplit(":", 1)
-    request = f"GET /collect-data HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    added = []
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        for _ in range(samples):
-            start = trio.current_time()
-            await stream.send_all(request)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await stream.receive_some(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
-            while len(body) < length:
-                body += await stream.receive_some(65536)
-            total = (trio.current_time() - start) * 1000
-            timing = re.search(rb"server-timing: ([^\r]+)", head, re.I)[1].decode()  # type: ignore[index]
-            durations = [float(d) for d in re.findall(r"dur=([\d.]+)", timing)]
-            added.append(total - max(durations))
+    """Median of (response time - slowest source's Server-Timing dur), 1 connection."""
+    connection = Connection.to(base_url)
+    request = get_request("/collect-data")
+    try:
+        added = [(await connection.get(request))[1] for _ in range(samples)]
+    finally:
+        await connection.aclose()
     return statistics.median(added)
 
 

@@ -26,57 +26,17 @@ import time
 from functools import partial
 from pathlib import Path
 
-import psutil
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.measure import Connection, cpu_seconds, get_request
 from tests.e2e.conftest import write_config
 from tests.support import pg
 
 ROUNDS = 10
 WARM_UP = 50
 _SERVING = re.compile(rb"serving (http://\S+)/collect-data")
-_LENGTH = re.compile(rb"content-length: (\d+)", re.I)
-_TIMING = re.compile(rb"server-timing: ([^\r]+)", re.I)
-
-
-class Connection:
-    """One keep-alive connection, reopened when the server ends it."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._stream: trio.SocketStream | None = None
-
-    async def get(self, request: bytes) -> tuple[float, float]:
-        """Milliseconds for one response, and that minus the slowest source's duration."""
-        if self._stream is None:
-            self._stream = await trio.open_tcp_stream(self._host, self._port)
-        start = trio.current_time()
-        try:
-            await self._stream.send_all(request)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += await self._receive()
-        except (EOFError, trio.BrokenResourceError):
-            # Hypercorn closes a keep-alive connection after 1000 requests.
-            self._stream = None
-            return await self.get(request)
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = _LENGTH.search(head)
-        while length is not None and len(body) < int(length[1]):
-            body += await self._receive()
-        total = (trio.current_time() - start) * 1000
-        timing = _TIMING.search(head)
-        durations = re.findall(rb"dur=([\d.]+)", timing[1]) if timing else [b"0"]
-        return total, total - max(float(d) for d in durations)
-
-    async def _receive(self) -> bytes:
-        assert self._stream is not None
-        chunk = await self._stream.receive_some(65536)
-        if not chunk:
-            raise EOFError
-        return chunk
 
 
 @dataclasses.dataclass
@@ -90,10 +50,6 @@ class Build:
     added: list[float] = dataclasses.field(default_factory=list)
     cpu: float = 0.0
     wall: float = 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(psutil.Process(pid).cpu_times()[:2])
 
 
 async def start(checkout: Path, config: Path, nursery: trio.Nursery) -> tuple[str, trio.Process]:
@@ -119,18 +75,9 @@ async def drain(stream: trio.abc.ReceiveStream) -> None:
         pass
 
 
-def server_pid(process: trio.Process) -> int:
-    """The Python process serving (``uv run`` starts it as a child)."""
-    children = psutil.Process(process.pid).children(recursive=True)
-    return children[-1].pid if children else process.pid
-
-
 async def measure(builds: list[Build], requests: int, connections: int, path: str) -> None:
-    pools = []
-    for build in builds:
-        host, port = build.url.removeprefix("http://").rsplit(":", 1)
-        pools.append([Connection(host, int(port)) for _ in range(connections)])
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    pools = [[Connection.to(build.url) for _ in range(connections)] for build in builds]
+    request = get_request(path)
     for pool in pools:
         for connection in pool:
             for _ in range(WARM_UP):
@@ -160,7 +107,7 @@ async def side_by_side(checkouts: list[Path], config: Path, args: argparse.Names
         builds = []
         for checkout in checkouts:
             url, process = await start(checkout, config, nursery)
-            builds.append(Build(str(checkout), url, server_pid(process)))
+            builds.append(Build(str(checkout), url, process.pid))  # CPU counts its children
         try:
             await measure(builds, args.requests, args.connections, args.path)
         finally:

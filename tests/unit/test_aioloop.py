@@ -196,7 +196,9 @@ def io_tasks(loop: asyncio.AbstractEventLoop) -> list[str]:
     return [t.name for t in nursery.child_tasks if "_io_task" in t.name]
 
 
-async def test_readers_run_while_their_socket_is_readable_until_removed() -> None:
+async def test_readers_run_while_their_socket_is_readable_until_removed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     received: list[bytes] = []
     got_data = trio.Event()
     left, right = socket.socketpair()
