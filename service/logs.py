@@ -39,6 +39,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which worker, when several serve one socket
         }
         current = request_id.get()
         if current is not None:

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -36,6 +37,7 @@ from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
 from service.web.app import MAX_REQUEST_HEAD
+from service.web.metrics import Metrics, shared_metrics_dir, worker_exited
 
 log = logging.getLogger("collector.server")
 
@@ -76,11 +78,13 @@ async def serve(
     *,
     sockets: Sockets | None = None,
     worker: int | None = None,
+    metrics_dir: Path | None = None,
 ) -> None:
     """Serve ``config`` until SIGINT or SIGTERM.
 
     ``sockets`` are listening sockets made by a parent process that runs several
     workers (see ``serve_workers``); without them this binds ``host:port`` itself.
+    ``metrics_dir`` is where those workers share their metrics.
     """
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)
@@ -93,6 +97,7 @@ async def serve(
                 )
             app = create_app(
                 collector,
+                Metrics(metrics_dir),
                 coalescer=coalescer,
                 api_token=config.api_token,
                 max_concurrent=config.max_concurrent_requests,
@@ -149,9 +154,9 @@ def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
 
     The parent binds the socket and hands it to each worker (as Hypercorn's own
     multi-worker mode does), so the kernel spreads connections among them. Each
-    worker has its own asyncio loop and pools: ``pool_size`` is per worker.
-    SIGINT or SIGTERM to the parent is passed on, and each worker shuts down
-    gracefully.
+    worker has its own asyncio loop and pools: ``pool_size`` is per worker; the
+    workers share one set of metrics (``service.web.metrics``). SIGINT or SIGTERM
+    to the parent is passed on, and each worker shuts down gracefully.
     """
     hconfig = hypercorn_config(host, port, config.timeout)
     try:
@@ -160,9 +165,21 @@ def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     for sock in sockets.insecure_sockets:
         sock.listen(hconfig.backlog)
+    try:
+        with shared_metrics_dir() as metrics_dir:
+            return _run_workers(config, host, port, sockets, workers, metrics_dir)
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+
+
+def _run_workers(
+    config: Config, host: str, port: int, sockets: Sockets, workers: int, metrics_dir: Path
+) -> int:
+    """Start the worker processes, pass signals on, wait for all; the worst exit code."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker_main, args=(config, host, port, sockets, index))
+        context.Process(target=_worker_main, args=(config, host, port, sockets, index, metrics_dir))
         for index in range(workers)
     ]
     for process in processes:
@@ -177,15 +194,18 @@ def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGTERM, forward)
     for process in processes:
         process.join()
-    for sock in sockets.insecure_sockets:
-        sock.close()
+        if process.pid is not None:
+            worker_exited(metrics_dir, process.pid)
     return max((p.exitcode or 0) for p in processes)
 
 
-def _worker_main(config: Config, host: str, port: int, sockets: Sockets, index: int) -> None:
+def _worker_main(
+    config: Config, host: str, port: int, sockets: Sockets, index: int, metrics_dir: Path
+) -> None:
     """Entry point of one worker process."""
     setup_logging()
-    trio.run(partial(serve, config, host, port, sockets=sockets, worker=index))
+    serving = partial(serve, sockets=sockets, worker=index, metrics_dir=metrics_dir)
+    trio.run(serving, config, host, port)
 
 
 def find_exception(error: BaseException, kind: type[E]) -> E | None:

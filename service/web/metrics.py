@@ -5,13 +5,33 @@ collector_source_outcomes_total{source,status}    outcomes: ok, timeout, error, 
 collector_breaker_state{source}                   0 closed, 1 half-open, 2 open
 collector_requests_in_flight                      HTTP requests being served
 collector_http_responses_total{code}              responses sent, by status code
+
+With several worker processes every worker writes its values to files in one
+shared directory (prometheus-client's multiprocess mode) and a scrape, whichever
+worker answers it, reads them all: counters and histograms are summed over the
+workers (the dead ones included, so counters never go down), in-flight requests
+are summed over the live workers, and a breaker's state is the worst (highest)
+over the live workers, each as of its last fetch of that source or scrape.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as MetricsCollector
 
@@ -23,6 +43,9 @@ from service.core import Outcome
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0)
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: prometheus-client reads this variable when it is first imported: set, every
+#: value lives in a file under that directory, shared by the worker processes.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _BreakerGauge(MetricsCollector):
@@ -43,9 +66,19 @@ class _BreakerGauge(MetricsCollector):
 
 
 class Metrics:
-    """The service's metrics; ``observe`` is the collector's outcome observer."""
+    """The service's metrics; ``observe`` is the collector's outcome observer.
 
-    def __init__(self) -> None:
+    ``shared_dir`` is the multiprocess directory of a run with several workers;
+    without it the values live in this process alone.
+    """
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
+        if shared_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                f"${MULTIPROCESS_DIR_ENV} must be set before prometheus_client is imported"
+            )
+        self._shared_dir = shared_dir
+        self._breaker_states: Callable[[], Mapping[str, BreakerState]] = dict
         self.registry = CollectorRegistry()
         self.fetch_seconds = Histogram(
             "collector_source_fetch_seconds",
@@ -61,7 +94,17 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "collector_requests_in_flight", "HTTP requests being served.", registry=self.registry
+            "collector_requests_in_flight",
+            "HTTP requests being served.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.breaker_state = Gauge(
+            "collector_breaker_state",
+            "Circuit breaker state per source: 0 closed, 1 half-open, 2 open.",
+            ["source"],
+            registry=None,  # exported only in multiprocess mode; see watch_breakers
+            multiprocess_mode="livemax",
         )
         self.responses = Counter(
             "collector_http_responses",
@@ -71,14 +114,63 @@ class Metrics:
         )
 
     def watch_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
-        """Export the breaker states that ``states`` reports."""
-        self.registry.register(_BreakerGauge(states))
+        """Export the breaker states that ``states`` reports.
+
+        In one process they are read at scrape time, so the gauge is never stale;
+        with several workers each writes its states to the shared files instead.
+        """
+        self._breaker_states = states
+        if self._shared_dir is None:
+            self.registry.register(_BreakerGauge(states))
+        else:
+            self._write_breakers()
 
     def observe(self, outcome: Outcome) -> None:
         """Record one source outcome."""
         self.fetch_seconds.labels(outcome.source).observe(outcome.duration)
         self.outcomes.labels(outcome.source, outcome.status.value).inc()
+        if self._shared_dir is not None:
+            self.breaker_state.labels(outcome.source).set(BREAKER_VALUES[outcome.breaker])
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker)."""
+        if self._shared_dir is None:
+            return generate_latest(self.registry)
+        self._write_breakers()
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self._shared_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def _write_breakers(self) -> None:
+        for source, state in self._breaker_states().items():
+            self.breaker_state.labels(source).set(BREAKER_VALUES[state])
+
+
+@contextmanager
+def shared_metrics_dir() -> Iterator[Path]:
+    """The multiprocess directory for one run of several workers, empty at start.
+
+    An operator's ``$PROMETHEUS_MULTIPROC_DIR`` is used (and emptied) when set;
+    otherwise a private temporary directory is made and removed afterwards. The
+    variable is set here so that the worker processes, started afterwards,
+    inherit it before they first import prometheus-client.
+    """
+    chosen = os.environ.get(MULTIPROCESS_DIR_ENV)
+    directory = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="collector-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()  # a previous run's values would be added to this one's
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        if chosen:
+            os.environ[MULTIPROCESS_DIR_ENV] = chosen
+        else:
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def worker_exited(directory: Path, pid: int) -> None:
+    """Drop an exited worker from the live gauges (its counters stay counted)."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
