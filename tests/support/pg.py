@@ -2,7 +2,7 @@
 
 Which server: ``COLLECTOR_TEST_DSN`` if set (any database on the server; the tests
 create and drop their own), else 127.0.0.1:5432 if something answers there, else an
-embedded server started from the pgserver package in a temporary directory.
+embedded server (``service.embedded``) started in a temporary directory.
 """
 
 from __future__ import annotations
