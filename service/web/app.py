@@ -340,13 +340,22 @@ class BodyCache:
     """Encodes each collection's body once, however many requests share it.
 
     Coalesced requests receive the very same Collection object; the cache holds
-    the last few by identity (a collection is never mutated once made).
+    the last few by identity (a collection is never mutated once made). It is
+    bounded by bytes, not only by count: an entry keeps its collection's rows
+    alive, so a large answer is never kept, and the small ones it is for (a
+    coalesced group shares one body) stay within ``MAX_BYTES`` in all.
     """
 
     SIZE = 8
+    #: Largest body kept. Coalescing pays off for the many small, identical
+    #: answers of a busy service; a large answer is encoded once per request.
+    MAX_BODY = 64 * 1024
+    #: Bodies kept in all (their rows take a few times as much again).
+    MAX_BYTES = 256 * 1024
 
     def __init__(self) -> None:
-        self._entries: deque[tuple[Collection, bytes]] = deque(maxlen=self.SIZE)
+        self._entries: deque[tuple[Collection, bytes]] = deque()
+        self._bytes = 0
 
     def rows_json(self, collection: Collection) -> bytes:
         """The bare-list body of ``collection``."""
@@ -354,8 +363,17 @@ class BodyCache:
             if cached is collection:
                 return body
         body = formats.rows_json(collection.rows)
-        self._entries.append((collection, body))
+        if len(body) <= self.MAX_BODY:
+            self._entries.append((collection, body))
+            self._bytes += len(body)
+            while len(self._entries) > self.SIZE or self._bytes > self.MAX_BYTES:
+                self._bytes -= len(self._entries.popleft()[1])
         return body
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the bodies kept now."""
+        return self._bytes
 
 
 #: Bytes the request line and headers of one request may take together. Hypercorn's

@@ -1,0 +1,89 @@
+"""Memory benchmark: the server's RSS after repeated large plain answers.
+
+Run from the repository root (not part of the test suite):
+
+    uv run python bench/memory.py [--rows 1000000] [--requests 12] [--dsn ...] [--keep]
+
+It creates one source database with N rows on the local PostgreSQL (the first source
+of ``bench/scale.py``'s layout), starts the real ``collector serve`` on it with a 30 s
+deadline, asks ``GET /collect-data`` (the whole list as one JSON body) the given
+number of times, and prints the server's resident memory when idle, after each answer
+and a second after the last one. The database is dropped afterwards unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import trio
+import trio_asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.scale import RUN, create, drop, layout
+from service.config import Config
+from tests.e2e.conftest import running_server, write_config
+from tests.support import pg
+
+
+import json, os
+ENV = json.loads(os.environ.get("BENCH_ENV", "{}"))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(config: Config, requests: int, workdir: Path) -> None:
+    config_file = write_config(workdir / "memory.toml", config)
+    async with (
+        running_server(["--config", str(config_file)], env=ENV) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=600) as client,
+    ):
+        pid = server.process.pid
+        await client.get("/collect-data?limit=1")  # open the pool
+        idle = rss_mb(pid)
+        print(f"idle: {idle:.0f} MB")
+        for index in range(requests):
+            response = await client.get("/collect-data")
+            assert response.status_code == 200, response.text[:200]
+            assert response.headers["collection-complete"] == "?1"
+            print(
+                f"after answer {index + 1:2} ({len(response.content) / 1e6:.1f} MB): "
+                f"{rss_mb(pid):.0f} MB"
+            )
+        await trio.sleep(1)
+        final = rss_mb(pid)
+        print(f"a second later: {final:.0f} MB ({final - idle:+.0f} MB over idle)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the source on")
+    parser.add_argument("--keep", action="store_true", help="keep (and reuse) the database")
+    args = parser.parse_args()
+    rows = args.rows // RUN * RUN
+    full = layout(args.dsn, rows)
+    config = dataclasses.replace(full, sources=full.sources[:1], timeout=30.0, coalesce=False)
+    trio_asyncio.run(trio_asyncio.aio_as_trio(create), config, args.dsn, rows)
+    print(f"1 source x {rows:,} rows, {args.requests} plain requests")
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            trio.run(measure, config, args.requests, Path(workdir))
+    finally:
+        if not args.keep:
+            trio_asyncio.run(trio_asyncio.aio_as_trio(drop), config, args.dsn)
+
+
+if __name__ == "__main__":
+    main()
