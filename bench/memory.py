@@ -32,6 +32,7 @@ from tests.support import pg
 
 
 import json, os
+
 ENV = json.loads(os.environ.get("BENCH_ENV", "{}"))
 
 

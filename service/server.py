@@ -51,6 +51,8 @@ DEFAULT_PORT = 8000
 GC_YOUNG_THRESHOLD = 5000
 #: Seconds in-flight requests get to finish at shutdown, beyond the source deadline.
 SHUTDOWN_GRACE = 1.0
+#: Seconds an idle keep-alive connection is kept open before the server closes it.
+KEEP_ALIVE_TIMEOUT = 5.0
 
 
 class ServeError(Exception):
@@ -62,6 +64,7 @@ def hypercorn_config(host: str, port: int, timeout: float) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = timeout + SHUTDOWN_GRACE
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     config.accesslog = None
     # A head arriving in pieces is cut off here; a complete one is checked by the app.
     config.h11_max_incomplete_size = MAX_REQUEST_HEAD

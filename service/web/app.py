@@ -33,6 +33,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import PathConverter
 
 from service.coalesce import Coalescer
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS
@@ -77,6 +78,10 @@ def create_app(
     collector.add_observer(metrics.observe)
     app = QuartTrio("collector")
     app.extensions["metrics"] = metrics
+    # Werkzeug would answer "//" in a path with a redirect whose Location is built
+    # from the client's Host header; such a path is simply not one of ours.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["segment"] = AnySegment
 
     source_names = frozenset(s.name for s in collector.sources)
     bodies = BodyCache()
@@ -130,7 +135,7 @@ def create_app(
         headers["Content-Type"] = media_type
         return body, HTTPStatus.OK, headers
 
-    @app.get("/collect-data/<path:row_id>")
+    @app.get("/collect-data/<segment:row_id>")
     async def collect_one(row_id: str) -> Reply:
         """The row with one id, asking only the sources whose declared ranges hold it."""
         try:
@@ -308,6 +313,16 @@ def create_app(
     return app
 
 
+class AnySegment(PathConverter):
+    """Everything after the prefix, control characters included.
+
+    Werkzeug's ``path`` pattern stops at a newline, so ``/collect-data/%0a1`` would
+    be an unknown path (a generic 404) rather than the bad id it is (a 400).
+    """
+
+    regex = "(?s:.+)"
+
+
 def needs_token(path: str) -> bool:
     """Data and metrics need the token; probes, the API description and docs do not.
 
@@ -443,7 +458,15 @@ class RequestTelemetry:
                         (REQUEST_ID_HEADER.lower().encode(), rid.encode()),
                     ],
                 }
-            await send(message)
+            # Hypercorn finishes the request inside this call: after the last body
+            # chunk it queues http.disconnect for the app, then closes the socket
+            # (Connection: close, HTTP/1.0) or re-arms the keep-alive timer. Quart-Trio
+            # cancels the request as soon as it reads that disconnect, which would
+            # abort the rest of this call at its next checkpoint and leave the socket
+            # open until the client closes it. Hypercorn shields the socket write
+            # itself, so the shield adds no wait that could not end.
+            with trio.CancelScope(shield=True):
+                await send(message)
 
         self._metrics.in_flight.inc()
         try:

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from service.config import Config
+from service.server import KEEP_ALIVE_TIMEOUT
 from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import collector_command, running_server, serving, write_config
 from tests.support import pg
@@ -410,3 +411,37 @@ def test_passwords_stay_out_of_help_and_error_messages(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(bad))
     assert result.returncode == 2
     assert secret not in result.stderr
+
+
+async def test_server_closes_the_connection_after_a_connection_close_response(
+    reference_config: Config, tmp_path: Path
+) -> None:
+    config_file = write_config(tmp_path / "collector.toml", reference_config)
+    async with running_server(["--config", str(config_file)]) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        for head in (
+            b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /livez HTTP/1.0\r\n\r\n",
+            b"GET /collect-data HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                await stream.send_all(head)
+                answer = b""
+                with trio.fail_after(2):  # until the server closes; it used to wait for us
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert b"Connection: close" in answer
+        # Without "Connection: close" the connection stays open and is reused.
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            for _ in range(2):
+                await stream.send_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                with trio.fail_after(2):
+                    while not answer.endswith(b"}"):
+                        answer += await stream.receive_some(65536)
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            # Idle after its last answer, it is closed by the server once Hypercorn's
+            # keep-alive timeout has passed (a held socket per idle client otherwise).
+            with trio.fail_after(KEEP_ALIVE_TIMEOUT + 3):
+                assert await stream.receive_some(65536) == b""

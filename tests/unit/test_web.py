@@ -402,3 +402,21 @@ async def test_requests_beyond_the_cap_get_503_with_retry_after(
     assert sorted(statuses) == [200, 200, 503, 503, 503]
     assert retry_after == ["1", "1", "1"]
     assert (await client.get("/collect-data")).status_code == 200  # capacity came back
+
+
+async def test_doubled_slashes_are_not_redirected_to_the_clients_host() -> None:
+    app = app_with(FakeSource("a", rows(42)))
+    for path in ("/collect-data//42", "/collect-data///42", "/livez//"):
+        response = await app.test_client().get(path, headers={"Host": "evil.example"})
+        assert 400 <= response.status_code < 500, path
+        assert "Location" not in response.headers, path
+        assert response.mimetype == "application/problem+json", path
+
+
+async def test_an_id_with_control_characters_is_a_bad_id_not_an_unknown_path() -> None:
+    app = app_with(FakeSource("a", rows(1)))
+    for raw in ("%0a1", "1%0a", "%0d%0a", "%091"):
+        response = await app.test_client().get(f"/collect-data/{raw}")
+        assert response.status_code == 400, raw
+        problem = json.loads(await response.get_data())
+        assert "must be an integer" in problem["detail"], raw
