@@ -3,6 +3,7 @@
 Run from the repository root (not part of the test suite):
 
     uv run python bench/memory.py [--rows 1000000] [--requests 12] [--dsn ...] [--keep]
+        [--env MALLOC_ARENA_MAX=1]
 
 It creates one source database with N rows on the local PostgreSQL (the first source
 of ``bench/scale.py``'s layout), starts the real ``collector serve`` on it with a 30 s
@@ -31,11 +32,6 @@ from tests.e2e.conftest import running_server, write_config
 from tests.support import pg
 
 
-import json, os
-
-ENV = json.loads(os.environ.get("BENCH_ENV", "{}"))
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -43,10 +39,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def measure(config: Config, requests: int, workdir: Path) -> None:
+async def measure(config: Config, requests: int, workdir: Path, env: dict[str, str]) -> None:
     config_file = write_config(workdir / "memory.toml", config)
     async with (
-        running_server(["--config", str(config_file)], env=ENV) as server,
+        running_server(["--config", str(config_file)], env=env) as server,
         httpx.AsyncClient(base_url=server.url, timeout=600) as client,
     ):
         pid = server.process.pid
@@ -72,15 +68,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the source on")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the database")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the server, e.g. MALLOC_ARENA_MAX=1 (repeatable)",
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     rows = args.rows // RUN * RUN
     full = layout(args.dsn, rows)
     config = dataclasses.replace(full, sources=full.sources[:1], timeout=30.0, coalesce=False)
     trio_asyncio.run(trio_asyncio.aio_as_trio(create), config, args.dsn, rows)
-    print(f"1 source x {rows:,} rows, {args.requests} plain requests")
+    print(f"1 source x {rows:,} rows, {args.requests} plain requests, env {env or 'unchanged'}")
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            trio.run(measure, config, args.requests, Path(workdir))
+            trio.run(measure, config, args.requests, Path(workdir), env)
     finally:
         if not args.keep:
             trio_asyncio.run(trio_asyncio.aio_as_trio(drop), config, args.dsn)
