@@ -83,7 +83,8 @@ def stream_summary(collection: Collection, limit: int | None, path: str) -> byte
     body = summary(collection, limit, path)
     body["interrupted"] = collection.interrupted
     if collection.next is not None and body["next"]["href"] is None:
-        body["next"]["href"] = f"{path}?{cursor_params(None, collection.next)}"
+        query = cursor_params(None, collection.next)
+        body["next"]["href"] = f"{path}?{query}" if query else path
     return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
