@@ -11,7 +11,7 @@ disconnect for the app. After shutdown begins a write also ends when the gracefu
 timeout has passed, so a stalled client cannot hold the worker past its grace.
 
 ``connection_writes`` tells the app (which runs in a task the connection spawned,
-and so inherits the variable) that its connection was closed for stalling.
+and so inherits the variable) that its connection was closed mid-write, and why.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Event, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 
 #: Bytes per guarded write: the least a reading client must accept per idle limit.
@@ -33,7 +33,8 @@ PIECE = 64 * 1024
 class WriteState:
     """What the app may learn about its connection's writes."""
 
-    stalled: bool = False
+    cut: str | None = None
+    """Why the connection was closed mid-write: ``"stalled"`` or ``"shutdown"``."""
 
 
 connection_writes: ContextVar[WriteState | None] = ContextVar("connection_writes", default=None)
@@ -46,14 +47,23 @@ class GuardedConfig(HypercornConfig):
 
 
 class GuardedTCPServer(TCPServer):
-    """Hypercorn's connection, with writes that fail when the client accepts nothing."""
+    """Hypercorn's connection, with writes that fail when the client accepts nothing.
+
+    Each piece is written under its own cancel scope with a deadline, inside the
+    shield Hypercorn's writes need (a request's cancellation must not cut a write
+    half-way); a scope costs far less than a watchdog task per write.
+    """
 
     async def run(self) -> None:
         """Serve the connection; its requests' tasks share this one WriteState."""
         self.writes = WriteState()
         connection_writes.set(self.writes)
-        self.write_lock = trio.Lock()
-        await super().run()
+        self.write_scope: trio.CancelScope | None = None
+        self.grace_over = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._end_writes_after_grace)
+            await super().run()
+            nursery.cancel_scope.cancel()
 
     async def protocol_send(self, event: Event) -> None:
         """Write ``event`` in guarded pieces; other events go to Hypercorn unchanged."""
@@ -62,31 +72,48 @@ class GuardedTCPServer(TCPServer):
             await super().protocol_send(event)
             return
         data = memoryview(event.data)
-        # The pieces of one event must not interleave with another event's (HTTP/2).
-        with trio.CancelScope(shield=True):
-            async with self.write_lock:
-                for start in range(0, max(len(data), 1), PIECE):
-                    if self.writes.stalled:
+        async with self.send_lock:
+            with trio.CancelScope(shield=True):
+                try:
+                    for start in range(0, max(len(data), 1), PIECE):
+                        await self._send_piece(data[start : start + PIECE], idle)
+                        if self.writes.cut is not None:
+                            break
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                else:
+                    if self.writes.cut is None:
                         return
-                    piece = RawData(data=bytes(data[start : start + PIECE]))
-                    await self._send_guarded(piece, idle)
+                await self.protocol.handle(Closed())
 
-    async def _send_guarded(self, piece: RawData, idle: float) -> None:
-        """One piece through Hypercorn's shielded write, watched by a timer."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._cut_when_stalled, idle)
-            await super().protocol_send(piece)
-            nursery.cancel_scope.cancel()
+    async def _send_piece(self, piece: memoryview, idle: float) -> None:
+        """One piece, which must be accepted within ``idle`` seconds (or the grace)."""
+        with trio.CancelScope(deadline=trio.current_time() + idle) as scope:
+            self.write_scope = scope
+            if self.grace_over:
+                scope.cancel()
+            try:
+                await self.stream.send_all(piece)
+            finally:
+                self.write_scope = None
+        if scope.cancelled_caught:
+            self.writes.cut = "shutdown" if self.grace_over else "stalled"
+            # The write was abandoned half-way: the connection cannot go on.
+            await trio.aclose_forcefully(self.stream)
 
-    async def _cut_when_stalled(self, idle: float) -> None:
-        """Close the socket if the write in progress outlasts the limit (or the grace)."""
-        with trio.move_on_after(idle):
+    async def _end_writes_after_grace(self) -> None:
+        """Once shutdown began and its grace passed, abandon a blocked write.
+
+        Hypercorn cancels the connection when the grace ends, perhaps before this
+        sleep is over; being cancelled then abandons the write just the same.
+        """
+        try:
             await self.context.terminated.wait()
             await trio.sleep(self.config.graceful_timeout)
-        self.writes.stalled = True
-        # Closing wakes the blocked send_all with ClosedResourceError, which
-        # Hypercorn reports to the app as a disconnect.
-        await trio.aclose_forcefully(self.stream)
+        finally:
+            self.grace_over = True
+            if self.write_scope is not None:
+                self.write_scope.cancel()
 
 
 def install() -> None:

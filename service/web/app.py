@@ -441,12 +441,15 @@ def response_outcome(finished: bool, fields: dict[str, object]) -> str:
 
     ``sent`` (the whole body), ``interrupted`` (a stream ended early at shutdown,
     its summary saying so), ``stalled`` (the client accepted nothing for the
-    idle limit and was disconnected) or ``disconnected`` (the client went away).
+    idle limit and was disconnected), ``shutdown`` (a write still blocked when the
+    shutdown grace ended was abandoned) or ``disconnected`` (the client went away).
     """
+    writes = connection_writes.get()
+    if writes is not None and writes.cut is not None:
+        return writes.cut
     if finished:
         return "interrupted" if fields.get("interrupted") else "sent"
-    writes = connection_writes.get()
-    return "stalled" if writes is not None and writes.stalled else "disconnected"
+    return "disconnected"
 
 
 class RequestTelemetry:
@@ -480,8 +483,6 @@ class RequestTelemetry:
 
         async def send_with_id(message: Any) -> None:
             nonlocal code, finished
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
             if message["type"] == "http.response.start":
                 code = message["status"]
                 message = {
@@ -500,6 +501,8 @@ class RequestTelemetry:
             # itself, so the shield adds no wait that could not end.
             with trio.CancelScope(shield=True):
                 await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
 
         self._metrics.in_flight.inc()
         try:

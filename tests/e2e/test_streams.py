@@ -239,3 +239,21 @@ async def test_sigterm_ends_an_open_stream_at_a_row_with_a_resumable_summary(
     *rest, last = [json.loads(line) for line in lines[:-1]]
     assert ids + [row["id"] for row in rest] == list(range(1, ROWS + 1))
     assert last["complete"] is True
+
+
+async def test_reader_that_stops_cannot_hold_a_stopping_server_past_its_grace(
+    big_config: Config, tmp_path: Path
+) -> None:
+    # The idle limit is far away; the grace (deadline 2 s + 1 s) ends first.
+    path = config_file(tmp_path / "c.toml", big_config, stream_idle_timeout=600.0)
+    async with running_server(["--config", str(path)]) as server:
+        stream = await request_stream(server)
+        assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+        await trio.sleep(1.0)  # the buffers fill and the server's write blocks
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            await server.process.wait()
+        assert server.process.returncode == 0, "".join(server.output)
+        entry = await first_access_line(server, within=5)
+        assert entry["outcome"] == "shutdown"
+        await stream.aclose()
