@@ -10,6 +10,8 @@ coalesce = true               # share a fan-out among identical requests arrivin
 coalesce_linger = 0.005       # seconds a group gathers after an earlier fan-out ends (0-0.02)
 api_token = "..."             # optional: data endpoints then need "Authorization: Bearer ..."
 max_concurrent_requests = 256 # data requests served at once per worker; more get 503
+stream_idle_timeout = 30.0    # seconds a client may accept nothing before it is disconnected
+response_timeout = 60.0       # seconds a non-streamed answer may take to send
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -56,6 +58,14 @@ TOKEN_ENV = "COLLECTOR_API_TOKEN"
 #: bursts (each costs a fan-out at most), small enough to bound memory and pools.
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 MIN_TOKEN_LENGTH = 16
+#: Seconds a client may accept no data of an answer being written before it is
+#: disconnected (a stalled reader must not hold a connection, a stream and its
+#: database cursors for ever).
+DEFAULT_STREAM_IDLE_TIMEOUT = 30.0
+#: Seconds a non-streamed answer may take to be sent (Quart's own default);
+#: NDJSON streams are exempt and run as long as the client keeps reading.
+DEFAULT_RESPONSE_TIMEOUT = 60.0
+MAX_IO_TIMEOUT = 3600.0
 
 # Source names appear in HTTP headers (Server-Timing metric names are RFC 9110
 # tokens), so they are restricted to characters that never need quoting.
@@ -65,7 +75,16 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
 _TOP_KEYS = frozenset(
-    {"timeout", "sources", "coalesce", "coalesce_linger", "api_token", "max_concurrent_requests"}
+    {
+        "timeout",
+        "sources",
+        "coalesce",
+        "coalesce_linger",
+        "api_token",
+        "max_concurrent_requests",
+        "stream_idle_timeout",
+        "response_timeout",
+    }
 )
 _SOURCE_KEYS = frozenset(
     {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
@@ -121,6 +140,10 @@ class Config:
     api_token: str | None = field(default=None, repr=False)
     """When set, data endpoints require ``Authorization: Bearer <token>``."""
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
+    """Seconds a client may accept nothing of an answer before it is disconnected."""
+    response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    """Seconds a non-streamed answer may take to send."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -207,7 +230,19 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         coalesce_linger=float(linger),
         api_token=token,
         max_concurrent_requests=limit,
+        stream_idle_timeout=_parse_seconds(
+            data, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT
+        ),
+        response_timeout=_parse_seconds(data, "response_timeout", DEFAULT_RESPONSE_TIMEOUT),
     )
+
+
+def _parse_seconds(data: Mapping[str, Any], key: str, default: float) -> float:
+    """A positive, finite number of seconds up to ``MAX_IO_TIMEOUT``."""
+    value = data.get(key, default)
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_IO_TIMEOUT:
+        raise ConfigError(f"'{key}' must be a number of seconds > 0 and <= {MAX_IO_TIMEOUT:g}")
+    return float(value)
 
 
 def _parse_timeout(value: object) -> float:

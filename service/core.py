@@ -212,10 +212,14 @@ class Collection:
     outcomes: tuple[Outcome, ...]
     next: Cursor | None = None
     """Where the next page starts, for a paged query that has more to give."""
+    interrupted: str | None = None
+    """Why a stream ended before its rows did (``"shutdown"``); ``next`` resumes it."""
 
     @property
     def complete(self) -> bool:
         """True when every source answered (or was pruned), so no rows can be missing."""
+        if self.interrupted is not None:
+            return False
         return all(outcome.status.answered for outcome in self.outcomes)
 
     @property
@@ -306,7 +310,7 @@ class Collector:
         return Collection(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
     async def stream(
-        self, query: Query, batch_size: int
+        self, query: Query, batch_size: int, stop: trio.Event | None = None
     ) -> AsyncGenerator[list[Row] | Collection, None]:
         """Yield the merged rows in chunks as they are merged, then a summary.
 
@@ -316,6 +320,10 @@ class Collector:
         must arrive within the deadline; a source that fails mid-stream ends its
         contribution there and is reported in the summary, which is the last item
         (a Collection without rows: outcomes, and the cursor to resume from).
+
+        Once ``stop`` is set (shutdown) the stream ends at the next row boundary:
+        the summary is then marked interrupted and its cursor resumes after the
+        last row yielded.
         """
         states = [
             _StreamState(m, b, query.window_for(m.source.name))
@@ -328,8 +336,12 @@ class Collector:
         heapq.heapify(heap)
         chunk: list[Row] = []
         budget = query.limit
+        interrupted = None
         try:
             while heap and (budget is None or budget > 0):
+                if stop is not None and stop.is_set():
+                    interrupted = "shutdown"
+                    break
                 _, index, position = heapq.heappop(heap)
                 state = states[index]
                 # Take every row of this batch that sorts before the other sources'
@@ -368,7 +380,7 @@ class Collector:
         cursor = None
         if len(done) < len(states):
             cursor = cursor_at([(st.member.source.name, st.position) for st in states], done)
-        yield Collection(rows=[], outcomes=tuple(outcomes), next=cursor)
+        yield Collection(rows=[], outcomes=tuple(outcomes), next=cursor, interrupted=interrupted)
 
     async def _stream_start(self, state: _StreamState, batch_size: int) -> None:
         admission = admit(state.member, state.breaker, state.window)

@@ -38,6 +38,7 @@ from service.sources.bridge import AsyncioBridge
 from service.web import create_app
 from service.web.app import MAX_REQUEST_HEAD
 from service.web.metrics import Metrics, shared_metrics_dir, worker_exited
+from service.writeguard import GuardedConfig, install
 
 log = logging.getLogger("collector.server")
 
@@ -59,9 +60,16 @@ class ServeError(Exception):
     """The server could not start (e.g. the port is taken); one line for the operator."""
 
 
-def hypercorn_config(host: str, port: int, timeout: float) -> HypercornConfig:
-    """Hypercorn settings for one worker bound to ``host:port``."""
-    config = HypercornConfig()
+def hypercorn_config(
+    host: str, port: int, timeout: float, write_idle: float | None = None
+) -> HypercornConfig:
+    """Hypercorn settings for one worker bound to ``host:port``.
+
+    ``write_idle`` is the seconds a client may accept nothing of an answer being
+    written (``service.writeguard``); None leaves writes unbounded.
+    """
+    config = GuardedConfig()
+    config.write_idle_timeout = write_idle
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = timeout + SHUTDOWN_GRACE
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
@@ -89,6 +97,7 @@ async def serve(
     workers (see ``serve_workers``); without them this binds ``host:port`` itself.
     ``metrics_dir`` is where those workers share their metrics.
     """
+    draining = trio.Event()  # set when shutdown begins: open streams end early
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
@@ -104,8 +113,11 @@ async def serve(
                 coalescer=coalescer,
                 api_token=config.api_token,
                 max_concurrent=config.max_concurrent_requests,
+                response_timeout=config.response_timeout,
+                draining=draining,
             )
-            hconfig = hypercorn_config(host, port, config.timeout)
+            hconfig = hypercorn_config(host, port, config.timeout, config.stream_idle_timeout)
+            install()
             try:
                 binds: list[str] = await nursery.start(
                     partial(
@@ -113,7 +125,7 @@ async def serve(
                         wrap_app(app, hconfig.wsgi_max_body_size, None),
                         hconfig,
                         sockets=sockets,
-                        shutdown_trigger=_until_signal,
+                        shutdown_trigger=partial(_until_signal, draining),
                     )
                 )
             except BaseException as exc:
@@ -222,9 +234,15 @@ def find_exception(error: BaseException, kind: type[E]) -> E | None:
     return None
 
 
-async def _until_signal() -> None:
-    """Return on the first SIGINT or SIGTERM, which starts a graceful shutdown."""
+async def _until_signal(draining: trio.Event) -> None:
+    """Return on the first SIGINT or SIGTERM, which starts a graceful shutdown.
+
+    ``draining`` is set first, so that open streams end at their next row
+    boundary with a summary (incomplete, with the cursor to resume from) while
+    Hypercorn gives in-flight requests their grace.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             print(f"collector: {signal.Signals(signum).name}, shutting down", file=sys.stderr)
+            draining.set()
             return

@@ -36,13 +36,14 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import PathConverter
 
 from service.coalesce import Coalescer
-from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS
+from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_RESPONSE_TIMEOUT
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
 from service.web import formats, openapi
 from service.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web.metrics import Metrics
 from service.web.params import ParamError, cursor_params, parse_id, parse_query
+from service.writeguard import connection_writes
 
 log = logging.getLogger("collector.http")
 access_log = logging.getLogger("collector.access")
@@ -65,18 +66,23 @@ def create_app(
     *,
     api_token: str | None = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+    response_timeout: float = DEFAULT_RESPONSE_TIMEOUT,
+    draining: trio.Event | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``collector``; it owns no connections of its own.
 
     With a ``coalescer``, identical queries arriving together share one fan-out.
     With an ``api_token``, data endpoints and metrics require it as a bearer token.
     At most ``max_concurrent`` data requests are served at once; more get 503.
+    A non-streamed answer may take ``response_timeout`` seconds to send; streams
+    have no such limit (they end when ``draining`` is set, at shutdown).
     """
     metrics = metrics or Metrics()
     collect = coalescer.collect if coalescer is not None else collector.collect
     metrics.watch_breakers(collector.breaker_states)
     collector.add_observer(metrics.observe)
     app = QuartTrio("collector")
+    app.config["RESPONSE_TIMEOUT"] = response_timeout
     app.extensions["metrics"] = metrics
     # Werkzeug would answer "//" in a path with a redirect whose Location is built
     # from the client's Host header; such a path is simply not one of ours.
@@ -232,23 +238,34 @@ def create_app(
         limit = query.limit
         path = request.path
 
+        fields = request_fields.get()
+
         async def lines() -> AsyncIterator[bytes]:
             try:
-                async with aclosing(collector.stream(query, STREAM_BATCH)) as items:
+                stream = collector.stream(query, STREAM_BATCH, stop=draining)
+                async with aclosing(stream) as items:
                     async for item in items:
                         if isinstance(item, Collection):
+                            if fields is not None:
+                                fields["complete"] = item.complete
+                                fields["interrupted"] = item.interrupted
                             yield formats.stream_summary(item, limit, path)
                         else:
                             yield formats.ndjson_rows(item)
             finally:
                 admission.leave()
 
-        return Response(
+        response = Response(
             lines(),
             status=HTTPStatus.OK,
             content_type=formats.NDJSON,
             headers={"Vary": "Accept, Prefer", "Cache-Control": "no-store"},
         )
+        # Quart would cut the body at RESPONSE_TIMEOUT, mid-stream and without the
+        # summary; a stream runs as long as its client reads (the write guard
+        # disconnects a client that stops) and every batch has its own deadline.
+        response.timeout = None
+        return response
 
     @app.get("/livez")
     async def livez() -> Reply:
@@ -419,6 +436,22 @@ async def send_problem(send: Any, status: HTTPStatus, detail: str) -> None:
     await send({"type": "http.response.body", "body": encoded})
 
 
+def response_outcome(finished: bool, fields: dict[str, object]) -> str:
+    """How the answer ended, for the access line.
+
+    ``sent`` (the whole body), ``interrupted`` (a stream ended early at shutdown,
+    its summary saying so), ``stalled`` (the client accepted nothing for the
+    idle limit and was disconnected), ``shutdown`` (a write still blocked when the
+    shutdown grace ended was abandoned) or ``disconnected`` (the client went away).
+    """
+    writes = connection_writes.get()
+    if writes is not None and writes.cut is not None:
+        return writes.cut
+    if finished:
+        return "interrupted" if fields.get("interrupted") else "sent"
+    return "disconnected"
+
+
 class RequestTelemetry:
     """ASGI middleware: request id, in-flight gauge, response counter, one access line.
 
@@ -446,9 +479,10 @@ class RequestTelemetry:
         fields_token = request_fields.set(fields)
         start = trio.current_time()
         code = 0
+        finished = False
 
         async def send_with_id(message: Any) -> None:
-            nonlocal code
+            nonlocal code, finished
             if message["type"] == "http.response.start":
                 code = message["status"]
                 message = {
@@ -467,6 +501,8 @@ class RequestTelemetry:
             # itself, so the shield adds no wait that could not end.
             with trio.CancelScope(shield=True):
                 await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
 
         self._metrics.in_flight.inc()
         try:
@@ -482,15 +518,18 @@ class RequestTelemetry:
             self._metrics.in_flight.dec()
             if code:
                 self._metrics.responses.labels(str(code)).inc()
+            outcome = response_outcome(finished, fields)
             access_log.info(
-                "%s %s %s",
+                "%s %s %s%s",
                 scope["method"],
                 scope["path"],
                 code or "disconnected",
+                "" if outcome == "sent" or not code else f" {outcome}",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status_code": code or None,
+                    "outcome": outcome,
                     "duration_ms": round((trio.current_time() - start) * 1000, 1),
                     **fields,
                 },

@@ -75,8 +75,17 @@ def envelope_json(collection: Collection, limit: int | None = None, path: str = 
 
 
 def stream_summary(collection: Collection, limit: int | None, path: str) -> bytes:
-    """The last line of an NDJSON stream: completeness per source, where to resume."""
-    return orjson.dumps(summary(collection, limit, path), option=orjson.OPT_APPEND_NEWLINE)
+    """The last line of an NDJSON stream: completeness per source, where to resume.
+
+    ``interrupted`` says why a stream ended before its rows did (``"shutdown"``);
+    ``next.href`` then resumes it as a stream of the rest.
+    """
+    body = summary(collection, limit, path)
+    body["interrupted"] = collection.interrupted
+    if collection.next is not None and body["next"]["href"] is None:
+        query = cursor_params(None, collection.next)
+        body["next"]["href"] = f"{path}?{query}" if query else path
+    return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def summary(collection: Collection, limit: int | None, path: str) -> dict[str, Any]:

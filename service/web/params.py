@@ -82,9 +82,9 @@ def parse_behind(text: str, sources: Collection[str]) -> tuple[tuple[str, int | 
     return tuple(entries)
 
 
-def cursor_params(limit: int, cursor: Cursor) -> str:
-    """The query string of the next page."""
-    pairs: list[tuple[str, str]] = [("limit", str(limit))]
+def cursor_params(limit: int | None, cursor: Cursor) -> str:
+    """The query string of the next page (or of the rest of a stream: no limit)."""
+    pairs: list[tuple[str, str]] = [] if limit is None else [("limit", str(limit))]
     if cursor.after is not None:
         pairs.append(("after", str(cursor.after)))
     if cursor.behind:

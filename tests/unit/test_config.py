@@ -49,6 +49,14 @@ def test_coalescing_linger_defaults_and_can_be_turned_off(tmp_path: Path) -> Non
     assert isinstance(config.coalesce_linger, float)
 
 
+def test_stream_and_response_limits_default_and_can_be_set(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert (config.stream_idle_timeout, config.response_timeout) == (30.0, 60.0)
+    text = "stream_idle_timeout = 1\nresponse_timeout = 0.5\n" + VALID
+    config = load_config(write(tmp_path, text))
+    assert (config.stream_idle_timeout, config.response_timeout) == (1.0, 0.5)
+
+
 def test_timeout_defaults_to_two_seconds(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, VALID.replace("timeout = 1.5", "")))
     assert config.timeout == 2.0
@@ -85,6 +93,9 @@ def test_password_never_appears_in_a_source_repr(tmp_path: Path) -> None:
         ("coalesce_linger = -0.001\n" + VALID, "'coalesce_linger' must be a number"),
         ("coalesce_linger = 0.5\n" + VALID, "from 0 to 0.02"),
         ("coalesce_linger = true\n" + VALID, "'coalesce_linger' must be a number"),
+        ("stream_idle_timeout = 0\n" + VALID, "'stream_idle_timeout' must be a number"),
+        ("stream_idle_timeout = inf\n" + VALID, "'stream_idle_timeout' must be a number"),
+        ('response_timeout = "60"\n' + VALID, "'response_timeout' must be a number"),
     ],
 )
 def test_bad_config_is_rejected_with_a_one_line_reason(

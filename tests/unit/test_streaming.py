@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import trio
 
-from service.core import Collector, Member, Query, Status
+from service.core import Collection, Collector, Member, Query, Status
 from tests.support.collecting import read_stream
 from tests.unit.fakes import FakeSource, rows
 
@@ -96,3 +98,44 @@ async def test_client_stopping_early_closes_every_cursor() -> None:
     for member in members:
         assert isinstance(member.source, FakeSource)
         assert all(s.closed for s in member.source.streams)
+
+
+async def test_stop_ends_the_stream_at_a_row_boundary_with_a_resumable_summary() -> None:
+    members = interleaved()
+    collector = Collector(members, TIMEOUT)
+    stop = trio.Event()
+    received: list[int] = []
+    summary = None
+    async with aclosing(collector.stream(Query(), 7, stop=stop)) as items:
+        async for item in items:
+            if isinstance(item, Collection):
+                summary = item
+            else:
+                received.extend(row.id for row in item)
+                if len(received) >= 40:
+                    stop.set()  # shutdown begins while the stream is half-way
+    assert summary is not None
+    assert 40 <= len(received) < 300
+    assert received == list(range(1, len(received) + 1))
+    assert summary.interrupted == "shutdown"
+    assert not summary.complete
+    assert [o.status for o in summary.outcomes] == [Status.OK] * 3
+    assert summary.next is not None
+    resumed = Query(after=summary.next.after, behind=summary.next.behind)
+    rest, final = await read_stream(collector, resumed, batch=7)
+    assert received + [row.id for row in rest] == list(range(1, 301))
+    assert final.complete
+    assert final.interrupted is None
+
+
+async def test_stop_with_no_rows_left_leaves_the_stream_complete() -> None:
+    stop = trio.Event()
+    stop.set()
+    stream = Collector(interleaved(), TIMEOUT).stream(Query(after=300), 7, stop=stop)
+    async with aclosing(stream) as items:
+        answers = [item async for item in items]
+    assert len(answers) == 1
+    summary = answers[0]
+    assert isinstance(summary, Collection)
+    assert summary.complete
+    assert summary.interrupted is None

@@ -420,3 +420,17 @@ async def test_an_id_with_control_characters_is_a_bad_id_not_an_unknown_path() -
         assert response.status_code == 400, raw
         problem = json.loads(await response.get_data())
         assert "must be an integer" in problem["detail"], raw
+
+
+async def test_stream_during_shutdown_ends_with_an_interrupted_summary_and_resume_link() -> None:
+    draining = trio.Event()
+    draining.set()  # shutdown has begun: the stream stops before its first row
+    app = create_app(Collector([FakeSource("a", rows(1, 2, 3))], 2.0), draining=draining)
+    response = await app.test_client().get(
+        "/collect-data", headers={"Accept": "application/x-ndjson"}
+    )
+    assert response.status_code == 200
+    (summary,) = [json.loads(line) for line in (await response.get_data()).splitlines()]
+    assert summary["complete"] is False
+    assert summary["interrupted"] == "shutdown"
+    assert summary["next"]["href"] == "/collect-data"  # from the start, as a stream
