@@ -39,6 +39,7 @@ from service.coalesce import Coalescer
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
+from service.memory import MemoryReleaser
 from service.web import formats, openapi
 from service.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web.metrics import Metrics
@@ -65,12 +66,15 @@ def create_app(
     *,
     api_token: str | None = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+    releaser: MemoryReleaser | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``collector``; it owns no connections of its own.
 
     With a ``coalescer``, identical queries arriving together share one fan-out.
     With an ``api_token``, data endpoints and metrics require it as a bearer token.
     At most ``max_concurrent`` data requests are served at once; more get 503.
+    After a large answer, ``releaser`` (by default the platform's) gives freed
+    memory back to the operating system.
     """
     metrics = metrics or Metrics()
     collect = coalescer.collect if coalescer is not None else collector.collect
@@ -309,7 +313,9 @@ def create_app(
             HTTPStatus.INTERNAL_SERVER_ERROR, "The request could not be completed."
         )
 
-    app.asgi_app = RequestTelemetry(app.asgi_app, metrics)  # type: ignore[method-assign]
+    app.asgi_app = RequestTelemetry(  # type: ignore[method-assign]
+        app.asgi_app, metrics, releaser or MemoryReleaser.for_platform()
+    )
     return app
 
 
@@ -427,9 +433,10 @@ class RequestTelemetry:
     the request, which skips Quart's after-request hooks.
     """
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, releaser: MemoryReleaser) -> None:
         self._app = app
         self._metrics = metrics
+        self._releaser = releaser
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -446,10 +453,13 @@ class RequestTelemetry:
         fields_token = request_fields.set(fields)
         start = trio.current_time()
         code = 0
+        sent = 0
 
         async def send_with_id(message: Any) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
+            nonlocal code, sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
                 code = message["status"]
                 message = {
                     **message,
@@ -497,3 +507,4 @@ class RequestTelemetry:
             )
             request_fields.reset(fields_token)
             request_id.reset(token)
+            await self._releaser.answered(sent)  # the app has returned: the body is freed
