@@ -69,7 +69,8 @@ async def measure(
         await trio.sleep(1)
         final = rss_mb(pid)
         print(f"a second later: {final:.0f} MB ({final - idle:+.0f} MB over idle)")
-        print(f"median large answer: {statistics.median(durations) * 1000:.0f} ms")
+        if durations:
+            print(f"median large answer: {statistics.median(durations) * 1000:.0f} ms")
         if small:
             start = time.perf_counter()
             for _ in range(small):
