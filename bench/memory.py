@@ -2,22 +2,26 @@
 
 Run from the repository root (not part of the test suite):
 
-    uv run python bench/memory.py [--rows 1000000] [--requests 12] [--dsn ...] [--keep]
-        [--env MALLOC_ARENA_MAX=1]
+    uv run python bench/memory.py [--rows 1000000] [--requests 12] [--small 2000]
+        [--dsn ...] [--keep] [--env PYTHONMALLOC=malloc]
 
 It creates one source database with N rows on the local PostgreSQL (the first source
 of ``bench/scale.py``'s layout), starts the real ``collector serve`` on it with a 30 s
 deadline, asks ``GET /collect-data`` (the whole list as one JSON body) the given
 number of times, and prints the server's resident memory when idle, after each answer
-and a second after the last one. The database is dropped afterwards unless --keep.
+and a second after the last one, with the median time of an answer. Then it times
+``--small`` sequential one-row pages (``?limit=1``), to show what the allocator costs
+a busy service. The database is dropped afterwards unless --keep.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -39,7 +43,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def measure(config: Config, requests: int, workdir: Path, env: dict[str, str]) -> None:
+async def measure(
+    config: Config, requests: int, small: int, workdir: Path, env: dict[str, str]
+) -> None:
     config_file = write_config(workdir / "memory.toml", config)
     async with (
         running_server(["--config", str(config_file)], env=env) as server,
@@ -49,8 +55,11 @@ async def measure(config: Config, requests: int, workdir: Path, env: dict[str, s
         await client.get("/collect-data?limit=1")  # open the pool
         idle = rss_mb(pid)
         print(f"idle: {idle:.0f} MB")
+        durations = []
         for index in range(requests):
+            start = time.perf_counter()
             response = await client.get("/collect-data")
+            durations.append(time.perf_counter() - start)
             assert response.status_code == 200, response.text[:200]
             assert response.headers["collection-complete"] == "?1"
             print(
@@ -60,12 +69,22 @@ async def measure(config: Config, requests: int, workdir: Path, env: dict[str, s
         await trio.sleep(1)
         final = rss_mb(pid)
         print(f"a second later: {final:.0f} MB ({final - idle:+.0f} MB over idle)")
+        if durations:
+            print(f"median large answer: {statistics.median(durations) * 1000:.0f} ms")
+        if small:
+            start = time.perf_counter()
+            for _ in range(small):
+                response = await client.get("/collect-data?limit=1")
+                assert response.status_code == 200, response.text[:200]
+            elapsed = time.perf_counter() - start
+            print(f"{small} one-row pages: {small / elapsed:.0f} req/s (sequential)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--small", type=int, default=2000, help="one-row pages to time")
     parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the source on")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the database")
     parser.add_argument(
@@ -84,7 +103,7 @@ def main() -> None:
     print(f"1 source x {rows:,} rows, {args.requests} plain requests, env {env or 'unchanged'}")
     try:
         with tempfile.TemporaryDirectory() as workdir:
-            trio.run(measure, config, args.requests, Path(workdir), env)
+            trio.run(measure, config, args.requests, args.small, Path(workdir), env)
     finally:
         if not args.keep:
             trio_asyncio.run(trio_asyncio.aio_as_trio(drop), config, args.dsn)

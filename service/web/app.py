@@ -39,6 +39,7 @@ from service.coalesce import Coalescer
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_RESPONSE_TIMEOUT
 from service.core import Collection, Collector, Query
 from service.logs import request_fields, request_id
+from service.memory import MemoryReleaser
 from service.web import formats, openapi
 from service.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web.metrics import Metrics
@@ -68,6 +69,7 @@ def create_app(
     max_concurrent: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT,
     draining: trio.Event | None = None,
+    releaser: MemoryReleaser | None = None,
 ) -> QuartTrio:
     """The ASGI app serving ``collector``; it owns no connections of its own.
 
@@ -76,6 +78,8 @@ def create_app(
     At most ``max_concurrent`` data requests are served at once; more get 503.
     A non-streamed answer may take ``response_timeout`` seconds to send; streams
     have no such limit (they end when ``draining`` is set, at shutdown).
+    After a large answer, ``releaser`` (by default the platform's) gives freed
+    memory back to the operating system.
     """
     metrics = metrics or Metrics()
     collect = coalescer.collect if coalescer is not None else collector.collect
@@ -326,7 +330,9 @@ def create_app(
             HTTPStatus.INTERNAL_SERVER_ERROR, "The request could not be completed."
         )
 
-    app.asgi_app = RequestTelemetry(app.asgi_app, metrics)  # type: ignore[method-assign]
+    app.asgi_app = RequestTelemetry(  # type: ignore[method-assign]
+        app.asgi_app, metrics, releaser or MemoryReleaser.for_platform()
+    )
     return app
 
 
@@ -460,9 +466,10 @@ class RequestTelemetry:
     the request, which skips Quart's after-request hooks.
     """
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, releaser: MemoryReleaser) -> None:
         self._app = app
         self._metrics = metrics
+        self._releaser = releaser
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -480,9 +487,12 @@ class RequestTelemetry:
         start = trio.current_time()
         code = 0
         finished = False
+        sent = 0
 
         async def send_with_id(message: Any) -> None:
-            nonlocal code, finished
+            nonlocal code, finished, sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             if message["type"] == "http.response.start":
                 code = message["status"]
                 message = {
@@ -536,3 +546,4 @@ class RequestTelemetry:
             )
             request_fields.reset(fields_token)
             request_id.reset(token)
+            await self._releaser.answered(sent)  # the app has returned: the body is freed
