@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, String, select, text
+from sqlalchemy import BigInteger, Executable, Result, Select, String, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -22,6 +22,7 @@ from service.sources.base import (
     DriverSource,
     ReadAhead,
     checked_rows,
+    is_stale,
 )
 from service.sources.bridge import AsyncioBridge
 
@@ -90,12 +91,24 @@ class OrmSource(DriverSource):
         return OrmStream(self, window, batch_size)
 
     async def _ping_on_asyncio(self) -> None:
-        async with self._sessions() as session:
-            await session.execute(text("SELECT 1"))
+        await self._execute(text("SELECT 1"))
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
+        return checked_rows(await self._execute(self._statement(window)))
+
+    async def _execute(self, statement: Executable) -> Result[Any]:
+        """Execute in a new session, invalidating its connection if it turns out stale.
+
+        An invalidated connection is replaced by the pool, so the retry
+        (``once_more_if_stale``) runs on a fresh connection and plan.
+        """
         async with self._sessions() as session:
-            return checked_rows(await session.execute(self._statement(window)))
+            try:
+                return await session.execute(statement)
+            except Exception as exc:
+                if is_stale(exc):
+                    await session.invalidate()
+                raise
 
     def _statement(self, window: Window) -> Select[int, str | None]:
         # Building the statement costs more than running it on a warm connection;
