@@ -3,6 +3,10 @@
 A DSN is handed to the driver as text (asyncpg parses it for raw and ORM sources
 alike), so a DSN the driver would choke on must be refused here, at start-up, as a
 one-line config error, rather than surface later as a traceback or a failing source.
+
+Only the libpq parameters below are accepted, with libpq's meaning. asyncpg would
+take others (any unknown one becomes a server setting), and a misspelt ``sslmode``
+must not silently connect without TLS.
 """
 
 from __future__ import annotations
@@ -10,6 +14,20 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
+#: The query parameters a DSN may carry.
+PARAMETERS = (
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+)
+#: libpq's ``sslmode`` values, weakest first.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class DsnError(ValueError):
@@ -26,7 +44,8 @@ def check_dsn(dsn: str) -> None:
         raise DsnError("must start with postgresql://")
     for host in parts.netloc.rpartition("@")[2].split(","):
         _check_host(host)
-    _query(parts.query)
+    for key, value in _query(parts.query):
+        _check_parameter(key, value)
 
 
 def _check_host(host: str) -> None:
@@ -53,6 +72,15 @@ def _query(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_parameter(key: str, value: str) -> None:
+    if key not in PARAMETERS:
+        raise DsnError(f"has unsupported parameter {key!r} (supported: {', '.join(PARAMETERS)})")
+    if key == "sslmode" and value not in SSL_MODES:
+        raise DsnError(f"has sslmode {value!r} (use one of: {', '.join(SSL_MODES)})")
+    if key == "port" and not all(p.isdigit() and 0 < int(p) < 65536 for p in value.split(",")):
+        raise DsnError(f"has a bad port parameter {value!r}")
+
+
 def _quoted(host: str) -> str:
     return repr(host) if len(host) <= 80 else repr(host[:77] + "...")
 
@@ -72,7 +100,7 @@ def redact_dsn(dsn: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*"
+            [(k, "***" if "password" in k.lower() else v) for k, v in pairs], safe="/*"
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -95,7 +123,7 @@ def dsn_secrets(dsn: str) -> tuple[str, ...]:
     try:
         parts = urlsplit(dsn)
         found = [parts.password or ""]
-        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+        found += [v for k, v in parse_qsl(parts.query) if "password" in k.lower()]
     except ValueError:
         return ()
     return tuple(secret for secret in found if secret)

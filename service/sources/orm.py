@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import BigInteger, Executable, Result, Select, String, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -125,12 +125,25 @@ class OrmSource(DriverSource):
 def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
     """An async engine on asyncpg whose every wait is bounded by the driver timeout.
 
+    The DSN goes to ``asyncpg.connect`` as text, exactly as a raw source's pool
+    gets it, so both access modes read it the same way (TLS parameters included:
+    SQLAlchemy's URL handling would pass ``sslmode`` on as an unknown keyword).
     Connections are opened lazily, so a source that is down at start-up does not
     delay the service.
     """
-    url = make_url(dsn).set(drivername="postgresql+asyncpg")
+
+    async def connect() -> asyncpg.Connection:
+        connection: asyncpg.Connection = await asyncpg.connect(
+            dsn,
+            timeout=limits.timeout,
+            command_timeout=limits.timeout,
+            server_settings=limits.server_settings(),
+        )
+        return connection
+
     return create_async_engine(
-        url,
+        "postgresql+asyncpg://",
+        async_creator=connect,
         # Each fetch is one SELECT: in autocommit the driver sends no BEGIN before
         # it and the pool no ROLLBACK after it, two round trips saved per request.
         isolation_level="AUTOCOMMIT",
@@ -139,11 +152,6 @@ def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=limits.timeout,
         pool_recycle=IDLE_CONNECTION_LIFETIME,
-        connect_args={
-            "timeout": limits.timeout,
-            "command_timeout": limits.timeout,
-            "server_settings": limits.server_settings(),
-        },
     )
 
 

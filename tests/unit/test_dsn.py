@@ -70,3 +70,40 @@ def test_config_with_an_unparsable_dsn_is_a_one_line_config_error(
 )
 def test_unparsable_dsns_are_redacted_by_hand(dsn: str, redacted: str) -> None:
     assert redact_dsn(dsn) == redacted
+
+
+@pytest.mark.parametrize(
+    "mode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+)
+def test_every_libpq_tls_parameter_is_accepted(mode: str) -> None:
+    check_dsn(
+        f"postgresql://u:pw@db.example.com/app?sslmode={mode}&sslrootcert=/etc/ca.crt"
+        "&sslcert=/etc/client.crt&sslkey=/etc/client.key"
+    )
+    check_dsn("postgresql:///app?host=/run/pg&port=5433&dbname=app&user=u&password=pw")
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("ssl_mode=require", "unsupported parameter 'ssl_mode' (supported: host, port, dbname"),
+        ("sslmode=verify_full", "sslmode 'verify_full' (use one of: disable, allow, prefer"),
+        ("sslmode=", "sslmode ''"),
+        ("application_name=x", "unsupported parameter 'application_name'"),
+        ("sslpassword=hunter2", "unsupported parameter 'sslpassword'"),
+        ("port=99999", "bad port parameter"),
+    ],
+)
+def test_other_parameters_are_a_one_line_config_error(
+    tmp_path: Path, query: str, reason: str
+) -> None:
+    path = tmp_path / "c.toml"
+    dsn = f"postgresql://u:hunter2@127.0.0.1/db?{query}"
+    path.write_text(SOURCE.format(dsn=dsn, access="orm"), "utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: source 'a': dsn has ")
+    assert reason in message
+    assert "\n" not in message
+    assert "hunter2" not in message
