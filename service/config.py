@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.breaker import BreakerSettings
 from service.coalesce import DEFAULT_LINGER, MAX_WAIT
 from service.core import IdRanges
+from service.dsn import DsnError, check_dsn, dsn_secrets, redact_dsn
 
 #: Seconds a source may take before it counts as missing (the product's contract).
 DEFAULT_TIMEOUT = 2.0
@@ -73,7 +73,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Table names are spliced into SQL as quoted identifiers; the pattern keeps them to
 # plain PostgreSQL identifiers (63 bytes) so quoting can never be escaped.
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_DSN_SCHEMES = ("postgresql", "postgres")
 _TOP_KEYS = frozenset(
     {
         "timeout",
@@ -144,38 +143,6 @@ class Config:
     """Seconds a client may accept nothing of an answer before it is disconnected."""
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     """Seconds a non-streamed answer may take to send."""
-
-
-def redact_dsn(dsn: str) -> str:
-    """Mask the password of a DSN (in the userinfo or a ``password=`` parameter)."""
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:***@{hostinfo}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        # An unparsable DSN may still hold a secret; never echo it.
-        return "<unparsable dsn>"
-
-
-def dsn_secrets(dsn: str) -> tuple[str, ...]:
-    """The passwords a DSN carries, in the userinfo or as a ``password=`` parameter."""
-    try:
-        parts = urlsplit(dsn)
-        found = [parts.password or ""]
-        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
-    except ValueError:
-        return ()
-    return tuple(secret for secret in found if secret)
 
 
 def load_config(path: Path) -> Config:
@@ -270,8 +237,10 @@ def _parse_source(item: object, index: int) -> SourceConfig:
             f"{where}.name: {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
         )
     where = f"source {name!r}"
-    if urlsplit(dsn).scheme not in _DSN_SCHEMES:
-        raise ConfigError(f"{where}: dsn must start with postgresql:// (got {redact_dsn(dsn)!r})")
+    try:
+        check_dsn(dsn)
+    except DsnError as exc:
+        raise ConfigError(f"{where}: dsn {exc} (got {redact_dsn(dsn)!r})") from None
     if not _TABLE_RE.fullmatch(table):
         raise ConfigError(
             f"{where}: table {table!r} is not a plain identifier "

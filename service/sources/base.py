@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -10,10 +11,13 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
 
+import asyncpg
+
 from service.core import Row, SourceError, Window, describe_error
 from service.sources.bridge import AsyncioBridge
 
 T = TypeVar("T")
+log = logging.getLogger("collector.sources")
 
 #: The drivers' own timeouts fire this many seconds before the deadline (at most a
 #: tenth of it), so the asyncio side gives up and cleans up its connection just
@@ -106,6 +110,57 @@ async def run_driver(
         raise SourceError(text) from exc
 
 
+#: asyncpg's errors for a connection or a cached statement that went stale while the
+#: source itself is fine: the server ended the session (``pg_terminate_backend``, a
+#: restart, a pooler), or a schema change invalidated a prepared statement. The
+#: next attempt runs on a fresh connection, or with a fresh plan, and can succeed.
+#: asyncpg's internal client errors (its protocol in a state it did not expect) are
+#: stale too: a connection whose end the server announced, before the socket's
+#: close reaches the client, refuses new queries with one.
+_STALE_ERRORS = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InvalidCachedStatementError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def is_stale(exc: BaseException) -> bool:
+    """Whether ``exc`` says a pooled connection or cached statement went stale.
+
+    The ORM wraps asyncpg's error (in ``orig`` and the cause chain) and marks
+    disconnects with ``connection_invalidated``; a raw source raises it as is, or
+    asyncpg's "connection is closed" when the pool handed out a connection the
+    server had already ended. One rule serves both access modes.
+    """
+    current: BaseException | None = exc
+    for _ in range(8):  # the chains are short; the bound guards against cycles
+        if current is None:
+            return False
+        if isinstance(current, _STALE_ERRORS) or getattr(current, "connection_invalidated", False):
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+async def once_more_if_stale(attempt: Callable[[], Awaitable[T]], source: str) -> T:
+    """Run ``attempt``; if it failed on a stale connection or statement, run it once more.
+
+    Both attempts run inside the one call the core bounds by the deadline, so the
+    retry never extends it, and a source that fails again is reported: never more
+    than two attempts per request. ``attempt`` must discard the connection it
+    failed on, when ``is_stale``, so that the retry runs on a fresh one.
+    """
+    try:
+        return await attempt()
+    except Exception as exc:
+        if not is_stale(exc):
+            raise
+        log.info("source %s: stale connection or statement, retrying once", source)
+    return await attempt()
+
+
 class ReadAhead:
     """Keeps one batch in flight while the previous one is merged (asyncio side).
 
@@ -165,11 +220,12 @@ class DriverSource:
 
     async def fetch(self, window: Window) -> list[Row]:
         """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
-        return await self.run(partial(self._fetch_on_asyncio, window))
+        attempt = partial(self._fetch_on_asyncio, window)
+        return await self.run(partial(once_more_if_stale, attempt, self._name))
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` on a pooled connection (Trio-flavoured)."""
-        await self.run(self._ping_on_asyncio)
+        await self.run(partial(once_more_if_stale, self._ping_on_asyncio, self._name))
 
     async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, String, select, text
-from sqlalchemy.engine import make_url
+import asyncpg
+from sqlalchemy import BigInteger, Executable, Result, Select, String, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,6 +22,7 @@ from service.sources.base import (
     DriverSource,
     ReadAhead,
     checked_rows,
+    is_stale,
 )
 from service.sources.bridge import AsyncioBridge
 
@@ -90,12 +91,24 @@ class OrmSource(DriverSource):
         return OrmStream(self, window, batch_size)
 
     async def _ping_on_asyncio(self) -> None:
-        async with self._sessions() as session:
-            await session.execute(text("SELECT 1"))
+        await self._execute(text("SELECT 1"))
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
+        return checked_rows(await self._execute(self._statement(window)))
+
+    async def _execute(self, statement: Executable) -> Result[Any]:
+        """Execute in a new session, invalidating its connection if it turns out stale.
+
+        An invalidated connection is replaced by the pool, so the retry
+        (``once_more_if_stale``) runs on a fresh connection and plan.
+        """
         async with self._sessions() as session:
-            return checked_rows(await session.execute(self._statement(window)))
+            try:
+                return await session.execute(statement)
+            except Exception as exc:
+                if is_stale(exc):
+                    await session.invalidate()
+                raise
 
     def _statement(self, window: Window) -> Select[int, str | None]:
         # Building the statement costs more than running it on a warm connection;
@@ -112,12 +125,25 @@ class OrmSource(DriverSource):
 def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
     """An async engine on asyncpg whose every wait is bounded by the driver timeout.
 
+    The DSN goes to ``asyncpg.connect`` as text, exactly as a raw source's pool
+    gets it, so both access modes read it the same way (TLS parameters included:
+    SQLAlchemy's URL handling would pass ``sslmode`` on as an unknown keyword).
     Connections are opened lazily, so a source that is down at start-up does not
     delay the service.
     """
-    url = make_url(dsn).set(drivername="postgresql+asyncpg")
+
+    async def connect() -> asyncpg.Connection:
+        connection: asyncpg.Connection = await asyncpg.connect(
+            dsn,
+            timeout=limits.timeout,
+            command_timeout=limits.timeout,
+            server_settings=limits.server_settings(),
+        )
+        return connection
+
     return create_async_engine(
-        url,
+        "postgresql+asyncpg://",
+        async_creator=connect,
         # Each fetch is one SELECT: in autocommit the driver sends no BEGIN before
         # it and the pool no ROLLBACK after it, two round trips saved per request.
         isolation_level="AUTOCOMMIT",
@@ -126,11 +152,6 @@ def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=limits.timeout,
         pool_recycle=IDLE_CONNECTION_LIFETIME,
-        connect_args={
-            "timeout": limits.timeout,
-            "command_timeout": limits.timeout,
-            "server_settings": limits.server_settings(),
-        },
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from service.sources.base import (
     DriverSource,
     ReadAhead,
     checked_rows,
+    is_stale,
 )
 from service.sources.bridge import AsyncioBridge
 
@@ -30,6 +32,10 @@ class RawConnection(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109 (asyncpg's own signature)
     ) -> Sequence[Mapping[str, Any]]:
         """Run a query and return its records."""
+        ...
+
+    def terminate(self) -> None:
+        """Close the connection at once, without a goodbye to the server."""
         ...
 
 
@@ -94,15 +100,31 @@ class RawSource(DriverSource):
         return RawStream(self, window, batch_size)
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
-        timeout = self._limits.timeout
-        async with self._pool.acquire(timeout=timeout) as connection:
-            records = await connection.fetch(self._query, *window_args(window), timeout=timeout)
-        return checked_rows(records)
+        return checked_rows(await self._fetch_pooled(self._query, *window_args(window)))
 
     async def _ping_on_asyncio(self) -> None:
+        await self._fetch_pooled("SELECT 1")
+
+    async def _fetch_pooled(self, query: str, *args: object) -> Sequence[Mapping[str, Any]]:
+        """Run ``query`` on a pooled connection, cutting it if it turns out stale.
+
+        A cut connection is reopened by the pool on its next checkout, so the
+        retry (``once_more_if_stale``) does not meet the same dead session.
+        """
         timeout = self._limits.timeout
         async with self._pool.acquire(timeout=timeout) as connection:
-            await connection.fetch("SELECT 1", timeout=timeout)
+            try:
+                records: Sequence[Mapping[str, Any]] = await connection.fetch(
+                    query, *args, timeout=timeout
+                )
+            except Exception as exc:
+                if is_stale(exc):
+                    # A connection that is closed already went back to the pool
+                    # by itself, and its proxy refuses every call.
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        connection.terminate()
+                raise
+            return records
 
 
 async def _keep_session(connection: object) -> None:
