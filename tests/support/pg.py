@@ -155,6 +155,20 @@ class Admin:
         assert isinstance(count, int)
         return count
 
+    async def queries_left(self, application_name: str, within: float = 1.0) -> int:
+        """Our queries still running ``within`` seconds from now (0 as soon as none are).
+
+        The server ends an abandoned query a moment after the client gives up on it
+        (the cancel request travels on its own connection): a second is the bound
+        we promise, not an instant.
+        """
+        with trio.move_on_after(within):
+            while True:  # polling the server: nothing here could signal us
+                if not await self.active_queries(application_name):
+                    return 0
+                await trio.sleep(0.05)
+        return await self.active_queries(application_name)
+
 
 @asynccontextmanager
 async def admin(bridge: AsyncioBridge, dsn: str) -> AsyncIterator[Admin]:
