@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -120,17 +119,22 @@ def _with_token(config: Config) -> Config:
 def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
     import trio
 
+    from service import stopping
     from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
     from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
 
+    stopping.install()
     with ExitStack() as stack:
         if config is None:
             directory = data_dir()
             print(f"collector: no config given; embedded PostgreSQL in {directory}", flush=True)
             server = stack.enter_context(embedded_server(directory))
-            trio.run(seed_sources, reference_config(server))  # as the superuser
+            if not stopping.requested():
+                trio.run(seed_sources, reference_config(server))  # as the superuser
             config = reference_config(server, user=READER_ROLE)  # serve read-only
+        if stopping.requested():
+            return 0  # stopped while starting: the ExitStack stops the embedded server
         try:
             config = _with_token(config)
         except ConfigError as exc:
@@ -145,10 +149,6 @@ def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int
                 raise
             print(f"collector: {error}", file=sys.stderr)
             return EXIT_FAILURE
-        finally:
-            # Shutdown has begun; a second Ctrl-C must not interrupt stopping the
-            # embedded server half-way.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
