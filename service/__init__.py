@@ -12,5 +12,7 @@ Layout::
     server.py     wiring: asyncio loop, sources, Hypercorn (one or several workers)
     dbinit.py     schema.sql / seed.sql / roles.sql applied to each source
     embedded.py   the zero-config PostgreSQL server
+    watchdog.py   stops that server once the process using it is gone, however it went
+    stopping.py   SIGINT/SIGTERM from the first line of ``serve``: once is a stop, again is ignored
     cli.py        the ``collector`` command
 """

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -30,6 +29,8 @@ from service.logs import setup_logging
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: Environment variable naming init-db's administrative DSN (keeps it out of argv).
+ADMIN_DSN_ENV = "COLLECTOR_ADMIN_DSN"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(config, args.host, args.port, args.workers)
-        return _init_db(config)
+        return _init_db(config, args.admin_dsn or os.environ.get(ADMIN_DSN_ENV) or None)
     except EmbeddedError as exc:
         print(f"collector: embedded PostgreSQL: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     init = commands.add_parser("init-db", help="create each source's database, table and seed rows")
     init.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    init.add_argument(
+        "--admin-dsn",
+        metavar="DSN",
+        help=f"connect as this administrative role instead of each source's DSN (the "
+        f"source's database is kept); default ${ADMIN_DSN_ENV}",
+    )
     return parser
 
 
@@ -120,17 +127,22 @@ def _with_token(config: Config) -> Config:
 def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
     import trio
 
+    from service import stopping
     from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
     from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
 
+    stopping.install()
     with ExitStack() as stack:
         if config is None:
             directory = data_dir()
             print(f"collector: no config given; embedded PostgreSQL in {directory}", flush=True)
             server = stack.enter_context(embedded_server(directory))
-            trio.run(seed_sources, reference_config(server))  # as the superuser
+            if not stopping.requested():
+                trio.run(seed_sources, reference_config(server))  # as the superuser
             config = reference_config(server, user=READER_ROLE)  # serve read-only
+        if stopping.requested():
+            return 0  # stopped while starting: the ExitStack stops the embedded server
         try:
             config = _with_token(config)
         except ConfigError as exc:
@@ -145,20 +157,16 @@ def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int
                 raise
             print(f"collector: {error}", file=sys.stderr)
             return EXIT_FAILURE
-        finally:
-            # Shutdown has begun; a second Ctrl-C must not interrupt stopping the
-            # embedded server half-way.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
 
 
-def _init_db(config: Config | None) -> int:
-    from service.dbinit import InitError, init_source
+def _init_db(config: Config | None, admin_dsn: str | None = None) -> int:
+    from service.dbinit import InitError, NeedsAdminError, init_source
     from service.embedded import data_dir, embedded_server, reference_config
 
     async def init_all(config: Config) -> None:
         for source in config.sources:
-            report = await init_source(source)
+            report = await init_source(source, admin_dsn)
             created = ", database created" if report.created_database else ""
             print(f"collector: {report.source}: {report.inserted_rows} rows added{created}")
 
@@ -167,6 +175,12 @@ def _init_db(config: Config | None) -> int:
             config = reference_config(stack.enter_context(embedded_server(data_dir())))
         try:
             asyncio.run(init_all(config))
+        except ConfigError as exc:
+            print(f"collector: config error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except NeedsAdminError as exc:
+            print(f"collector: init-db failed: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except InitError as exc:
             print(f"collector: init-db failed: {exc}", file=sys.stderr)
             return EXIT_FAILURE

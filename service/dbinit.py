@@ -12,6 +12,7 @@ The functions are asyncio-flavoured: ``collector init-db`` runs them with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import getpass
 import os
@@ -20,11 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from service.config import SourceConfig
+from service.config import ConfigError, SourceConfig
+from service.dsn import redact_dsn
 from service.sources.raw import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
@@ -74,8 +76,46 @@ def render_psql(sql: str, variables: Mapping[str, str]) -> str:
     return _PSQL_VARIABLE.sub(substitute, sql)
 
 
-async def init_source(source: SourceConfig) -> InitReport:
-    """Create the source's database if missing, then its table and seed rows."""
+class NeedsAdminError(InitError):
+    """The DSN init-db used may not create what it must (typically the read-only role's)."""
+
+
+def admin_target(admin_dsn: str, source_dsn: str) -> str:
+    """The administrative DSN, pointed at the database ``source_dsn`` names.
+
+    ``serve`` connects as the read-only role, which may neither create databases
+    nor tables; ``init-db --admin-dsn`` keeps the source's database but takes the
+    server, user and password from the administrative DSN.
+    """
+    try:
+        parts = urlsplit(admin_dsn)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("dbname", "database")]
+    except ValueError:
+        raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} cannot be parsed") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} must start with postgresql://")
+    path = "/" + quote(_database_name(source_dsn))
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
+
+
+async def init_source(source: SourceConfig, admin_dsn: str | None = None) -> InitReport:
+    """Create the source's database if missing, then its table, seed rows and reader role.
+
+    With ``admin_dsn`` everything is done as that role (see ``admin_target``);
+    without it, as the source's own DSN.
+    """
+    if admin_dsn is not None:
+        source = dataclasses.replace(source, dsn=admin_target(admin_dsn, source.dsn))
+    try:
+        return await _init(source)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise NeedsAdminError(
+            f"source {source.name!r}: {exc}; run init-db as a role that may create "
+            "databases, tables and roles (--admin-dsn)"
+        ) from None
+
+
+async def _init(source: SourceConfig) -> InitReport:
     created = await _ensure_database(source)
     variables = {"table": source.table}
     schema = render_psql(sql_file("schema.sql"), variables)
@@ -90,6 +130,8 @@ async def init_source(source: SourceConfig) -> InitReport:
             await connection.execute(schema)
             status = await connection.execute(seed)
             await connection.execute(roles)
+    except asyncpg.InsufficientPrivilegeError:
+        raise
     except asyncpg.PostgresError as exc:
         raise InitError(f"source {source.name!r}: {exc}") from None
     finally:
@@ -122,6 +164,8 @@ async def _ensure_database(source: SourceConfig) -> bool:
         await admin.execute(f"CREATE DATABASE {quote_identifier(database)}")
     except asyncpg.DuplicateDatabaseError:
         return False  # created concurrently by someone else: fine
+    except asyncpg.InsufficientPrivilegeError:
+        raise
     except asyncpg.PostgresError as exc:
         raise InitError(f"source {source.name!r}: cannot create database: {exc}") from None
     finally:

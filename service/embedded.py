@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +35,10 @@ SHIPPED_VERSIONS = (18, 16)
 #: Where the package lists the processes holding a handle on a data directory; the
 #: last one to let go stops the server.
 HANDLES_FILE = ".handle_pids.json"
+#: Seconds to wait, when the service stops, for the watchdog's last check.
+WATCHDOG_WAIT = 15.0
+
+log = logging.getLogger("collector.embedded")
 
 
 class EmbeddedError(Exception):
@@ -77,11 +83,41 @@ def embedded_server(path: Path) -> Iterator[EmbeddedServer]:
     version = server_version(path)
     with PostgresServer._lock:
         forget_dead_handles(path)
-    server = get_server(path, cleanup_mode="stop", postgres_version=version)
+    with _watchdog(path):
+        try:
+            server = get_server(path, cleanup_mode="stop", postgres_version=version)
+        except subprocess.SubprocessError as exc:
+            # initdb or pg_ctl failed, or was killed along with our process group.
+            raise EmbeddedError(f"cannot start PostgreSQL in {path}: {exc}") from None
+        try:
+            yield server
+        finally:
+            server.cleanup()
+
+
+@contextmanager
+def _watchdog(path: Path) -> Iterator[None]:
+    """Run ``service.watchdog`` on ``path`` while the block runs (and if this process dies).
+
+    The watchdog holds the read end of a pipe whose write end only this process
+    has (pipes are not inherited by the children ``subprocess`` starts): it
+    notices this process end, however it ends, and stops the server if nobody
+    else holds it. Leaving the block closes the pipe and waits for the check.
+    """
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "service.watchdog", str(path), str(os.getpid())],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
-        yield server
+        yield
     finally:
-        server.cleanup()
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+        try:
+            watchdog.wait(WATCHDOG_WAIT)
+        except subprocess.TimeoutExpired:
+            log.warning("the embedded server's watchdog is still running (pid %d)", watchdog.pid)
 
 
 def server_version(path: Path) -> int:
@@ -100,21 +136,37 @@ def server_version(path: Path) -> int:
     return found
 
 
-def forget_dead_handles(path: Path) -> None:
+def forget_dead_handles(path: Path, gone: int | None = None) -> None:
     """Drop the handles of processes that died without letting go of the server.
 
     A service killed outright (SIGKILL, a crash) never removes its pid from the
     list, and then no later run is ever the last handle: the server would outlive
-    every service from then on.
+    every service from then on. ``gone`` is a pid known to be dead even though
+    it may not have been reaped yet (a zombie still answers ``kill(pid, 0)``).
+    Call it holding pgserver's lock.
     """
     handles = path / HANDLES_FILE
-    try:
-        pids = json.loads(handles.read_text(encoding="utf-8") or "[]")
-    except (OSError, ValueError):
+    pids = _read_handles(handles)
+    if pids is None:
         return
-    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    alive = [pid for pid in pids if isinstance(pid, int) and pid != gone and _alive(pid)]
     if alive != pids:
         handles.write_text(json.dumps(alive), encoding="utf-8")
+
+
+def live_handles(path: Path) -> bool:
+    """Whether some process still holds a handle on the server at ``path``."""
+    return bool(_read_handles(path / HANDLES_FILE))
+
+
+def _read_handles(handles: Path) -> list[object] | None:
+    try:
+        pids = json.loads(handles.read_text(encoding="utf-8") or "[]")
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        return None
+    return pids if isinstance(pids, list) else None
 
 
 def _alive(pid: int) -> bool:

@@ -27,6 +27,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from service import stopping
 from service.coalesce import Coalescer
 from service.config import Config
 from service.core import Collector
@@ -218,6 +219,7 @@ def _worker_main(
     config: Config, host: str, port: int, sockets: Sockets, index: int, metrics_dir: Path
 ) -> None:
     """Entry point of one worker process."""
+    stopping.install()  # the group's SIGTERM and the parent's both reach it
     setup_logging()
     serving = partial(serve, sockets=sockets, worker=index, metrics_dir=metrics_dir)
     trio.run(serving, config, host, port)
@@ -237,12 +239,18 @@ def find_exception(error: BaseException, kind: type[E]) -> E | None:
 async def _until_signal(draining: trio.Event) -> None:
     """Return on the first SIGINT or SIGTERM, which starts a graceful shutdown.
 
+    One that arrived before the receiver was open (``service.stopping``) counts too.
     ``draining`` is set first, so that open streams end at their next row
     boundary with a summary (incomplete, with the cursor to resume from) while
     Hypercorn gives in-flight requests their grace.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*stopping.STOP_SIGNALS) as signals:
+        if stopping.requested():
+            print("collector: shutting down", file=sys.stderr)
+            draining.set()
+            return
         async for signum in signals:
+            stopping.request(signum)
             print(f"collector: {signal.Signals(signum).name}, shutting down", file=sys.stderr)
             draining.set()
             return

@@ -25,7 +25,10 @@ async def asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
 @pytest.fixture(scope="session")
 def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A DSN for a real PostgreSQL server (see tests/support/pg.py for which one)."""
-    with pg.postgres_server(tmp_path_factory.mktemp("postgres")) as dsn:
+    with (
+        pg.postgres_server(tmp_path_factory.mktemp("postgres")) as dsn,
+        pg.reader_role_cleanup(dsn),
+    ):
         yield dsn
 
 

@@ -20,7 +20,7 @@ import trio
 import trio_asyncio
 
 from service.config import Config, SourceConfig
-from service.dbinit import init_source
+from service.dbinit import READER_ROLE, init_source
 from service.embedded import REFERENCE_SOURCES, embedded_server
 from service.sources.bridge import AsyncioBridge
 from tests.support.faultproxy import FaultProxy, ProxyFactory
@@ -48,6 +48,48 @@ def postgres_server(scratch: Path) -> Iterator[str]:
     else:
         with embedded_server(scratch / "pgdata") as server:
             yield server.get_uri("postgres")
+
+
+@contextmanager
+def reader_role_cleanup(server_dsn: str, role: str = READER_ROLE) -> Iterator[None]:
+    """Drop the cluster-wide read-only role after the session, if the session made it.
+
+    init-db creates ``collector_reader`` on the shared server. Another run may
+    have made it first, or may use it now: the role is dropped only when it did
+    not exist when the session began, and left alone when objects in databases
+    other than the session's (already dropped) still depend on it.
+    """
+    existed = trio_asyncio.run(_role_exists, server_dsn, role)
+    try:
+        yield
+    finally:
+        if not existed:
+            trio_asyncio.run(_drop_role, server_dsn, role)
+
+
+async def _role_exists(server_dsn: str, role: str) -> bool:
+    async def query() -> bool:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            found = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            return found is not None
+        finally:
+            await admin.close()
+
+    return bool(await trio_asyncio.aio_as_trio(query)())
+
+
+async def _drop_role(server_dsn: str, role: str) -> None:
+    async def drop() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        except asyncpg.DependentObjectsStillExistError:
+            pass  # another run's databases grant to it: theirs to keep
+        finally:
+            await admin.close()
+
+    await trio_asyncio.aio_as_trio(drop)()
 
 
 def with_database(dsn: str, database: str) -> str:

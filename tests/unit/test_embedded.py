@@ -59,3 +59,12 @@ def test_a_missing_or_unreadable_handle_list_is_left_alone(tmp_path: Path) -> No
     (tmp_path / HANDLES_FILE).write_text("{not json")
     forget_dead_handles(tmp_path)
     assert (tmp_path / HANDLES_FILE).read_text() == "{not json"
+
+
+def test_a_pid_known_to_be_gone_is_forgotten_even_if_it_still_answers(tmp_path: Path) -> None:
+    import os
+
+    # The watchdog sees its service's pipe close before the service is reaped.
+    (tmp_path / HANDLES_FILE).write_text(json.dumps([os.getpid()]))
+    forget_dead_handles(tmp_path, gone=os.getpid())
+    assert json.loads((tmp_path / HANDLES_FILE).read_text()) == []
