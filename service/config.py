@@ -10,6 +10,8 @@ coalesce = true               # share a fan-out among identical requests arrivin
 coalesce_linger = 0.005       # seconds a group gathers after an earlier fan-out ends (0-0.02)
 api_token = "..."             # optional: data endpoints then need "Authorization: Bearer ..."
 max_concurrent_requests = 256 # data requests served at once per worker; more get 503
+probe_timeout = 0.5           # seconds each source may take to answer a /readyz ping
+ids_check_interval = 60.0     # seconds between checks of each source's rows against its ids
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -56,6 +58,11 @@ TOKEN_ENV = "COLLECTOR_API_TOKEN"
 #: bursts (each costs a fan-out at most), small enough to bound memory and pools.
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 MIN_TOKEN_LENGTH = 16
+#: Seconds a readiness ping may take: well under the 1 s a typical probe allows.
+DEFAULT_PROBE_TIMEOUT = 0.5
+#: Seconds between checks of each source's rows against its declared ids.
+DEFAULT_IDS_CHECK_INTERVAL = 60.0
+MAX_IDS_CHECK_INTERVAL = 86400.0
 
 # Source names appear in HTTP headers (Server-Timing metric names are RFC 9110
 # tokens), so they are restricted to characters that never need quoting.
@@ -65,7 +72,16 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DSN_SCHEMES = ("postgresql", "postgres")
 _TOP_KEYS = frozenset(
-    {"timeout", "sources", "coalesce", "coalesce_linger", "api_token", "max_concurrent_requests"}
+    {
+        "timeout",
+        "sources",
+        "coalesce",
+        "coalesce_linger",
+        "api_token",
+        "max_concurrent_requests",
+        "probe_timeout",
+        "ids_check_interval",
+    }
 )
 _SOURCE_KEYS = frozenset(
     {"name", "dsn", "table", "access", "pool_size", "ids", "breaker_failures", "breaker_cooldown"}
@@ -121,6 +137,10 @@ class Config:
     api_token: str | None = field(default=None, repr=False)
     """When set, data endpoints require ``Authorization: Bearer <token>``."""
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    """Seconds each source may take to answer a readiness ping."""
+    ids_check_interval: float = DEFAULT_IDS_CHECK_INTERVAL
+    """Seconds between checks of the sources' rows against their declared ids."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -207,7 +227,19 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         coalesce_linger=float(linger),
         api_token=token,
         max_concurrent_requests=limit,
+        probe_timeout=_parse_seconds(data, "probe_timeout", DEFAULT_PROBE_TIMEOUT, MAX_TIMEOUT),
+        ids_check_interval=_parse_seconds(
+            data, "ids_check_interval", DEFAULT_IDS_CHECK_INTERVAL, MAX_IDS_CHECK_INTERVAL
+        ),
     )
+
+
+def _parse_seconds(data: Mapping[str, Any], key: str, default: float, most: float) -> float:
+    """A positive, finite number of seconds, at most ``most``."""
+    value = data.get(key, default)
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= most:
+        raise ConfigError(f"'{key}' must be a number of seconds > 0 and <= {most:g}")
+    return float(value)
 
 
 def _parse_timeout(value: object) -> float:

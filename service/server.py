@@ -25,6 +25,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
+from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 
 from service.coalesce import Coalescer
@@ -92,7 +93,9 @@ async def serve(
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
-            collector = Collector(members, config.timeout)
+            collector = Collector(members, config.timeout, probe_timeout=config.probe_timeout)
+            checks = trio.CancelScope()
+            nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
             coalescer = None
             if config.coalesce:
                 coalescer = Coalescer(
@@ -109,11 +112,11 @@ async def serve(
             try:
                 binds: list[str] = await nursery.start(
                     partial(
-                        worker_serve,
+                        _serve_then_stop,
                         wrap_app(app, hconfig.wsgi_max_body_size, None),
                         hconfig,
-                        sockets=sockets,
-                        shutdown_trigger=_until_signal,
+                        sockets,
+                        checks,
                     )
                 )
             except BaseException as exc:
@@ -126,6 +129,33 @@ async def serve(
             names = ", ".join(f"{s.name} ({s.access})" for s in config.sources)
             who = "" if worker is None else f" (worker {worker})"
             print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
+
+
+async def _watch_ids(collector: Collector, interval: float, scope: trio.CancelScope) -> None:
+    """Check the declared ids at start-up and periodically, until the server stops."""
+    with scope:
+        await collector.declared.watch(interval)
+
+
+async def _serve_then_stop(
+    app: AppWrapper,
+    hconfig: HypercornConfig,
+    sockets: Sockets | None,
+    checks: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until a signal, then stop the background checks so shutdown can finish."""
+    try:
+        await worker_serve(
+            app,
+            hconfig,
+            sockets=sockets,
+            shutdown_trigger=_until_signal,
+            task_status=task_status,
+        )
+    finally:
+        checks.cancel()
 
 
 def settle_heap() -> None:

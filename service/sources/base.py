@@ -10,7 +10,8 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from service.core import Row, SourceError, Window, describe_error
+from service.core import IdRanges, Row, SourceError, Window, describe_error
+from service.declared import gaps
 from service.sources.bridge import AsyncioBridge
 
 T = TypeVar("T")
@@ -171,6 +172,10 @@ class DriverSource:
         """Run ``SELECT 1`` on a pooled connection (Trio-flavoured)."""
         await self.run(self._ping_on_asyncio)
 
+    async def lowest_outside(self, ranges: IdRanges) -> int | None:
+        """The lowest id outside ``ranges``: a bounded index probe per gap between them."""
+        return await self.run(partial(self._lowest_in_on_asyncio, gaps(ranges)))
+
     async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""
         return await run_driver(self._bridge, self._secrets, fn)
@@ -179,4 +184,7 @@ class DriverSource:
         raise NotImplementedError
 
     async def _ping_on_asyncio(self) -> None:
+        raise NotImplementedError
+
+    async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
         raise NotImplementedError
