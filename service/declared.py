@@ -98,11 +98,19 @@ class DeclaredIds:
             for source, ranges in self._declared:
                 nursery.start_soon(self._check_one, source, ranges)
 
-    async def watch(self, interval: float) -> NoReturn:
-        """Check now, then every ``interval`` seconds, until cancelled."""
+    async def watch(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Check now, report started, then check every ``interval`` seconds until cancelled.
+
+        Started only after the first check (at most one deadline), so a service
+        prunes healthy, verified sources from its very first request.
+        """
+        await self.check()
+        task_status.started()
         while True:
-            await self.check()
             await trio.sleep(interval)
+            await self.check()
 
     async def _check_one(self, source: Checkable, ranges: Ranges) -> None:
         lowest: int | None = None

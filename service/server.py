@@ -95,7 +95,7 @@ async def serve(
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
             collector = Collector(members, config.timeout, probe_timeout=config.probe_timeout)
             checks = trio.CancelScope()
-            nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
+            await nursery.start(_watch_ids, collector, config.ids_check_interval, checks)
             coalescer = None
             if config.coalesce:
                 coalescer = Coalescer(
@@ -131,10 +131,16 @@ async def serve(
             print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
 
 
-async def _watch_ids(collector: Collector, interval: float, scope: trio.CancelScope) -> None:
+async def _watch_ids(
+    collector: Collector,
+    interval: float,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Check the declared ids at start-up and periodically, until the server stops."""
     with scope:
-        await collector.declared.watch(interval)
+        await collector.declared.watch(interval, task_status=task_status)
 
 
 async def _serve_then_stop(
