@@ -98,16 +98,10 @@ class DeclaredIds:
             for source, ranges in self._declared:
                 nursery.start_soon(self._check_one, source, ranges)
 
-    async def watch(
-        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> NoReturn:
-        """Check now, report started, then check every ``interval`` seconds until cancelled.
-
-        Started only after the first check (at most one deadline), so a service
-        prunes healthy, verified sources from its very first request.
-        """
-        await self.check()
-        task_status.started()
+    async def watch(self, interval: float, *, checked: bool = False) -> NoReturn:
+        """Check every ``interval`` seconds until cancelled; at once unless ``checked``."""
+        if not checked:
+            await self.check()
         while True:
             await trio.sleep(interval)
             await self.check()

@@ -94,8 +94,10 @@ async def serve(
         bridge = AsyncioBridge(loop)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
             collector = Collector(members, config.timeout, probe_timeout=config.probe_timeout)
+            if not await _first_ids_check(collector):
+                return  # asked to stop while checking: nothing was served yet
             checks = trio.CancelScope()
-            await nursery.start(_watch_ids, collector, config.ids_check_interval, checks)
+            nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
             coalescer = None
             if config.coalesce:
                 coalescer = Coalescer(
@@ -131,16 +133,35 @@ async def serve(
             print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
 
 
-async def _watch_ids(
-    collector: Collector,
-    interval: float,
-    scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Check the declared ids at start-up and periodically, until the server stops."""
+async def _first_ids_check(collector: Collector) -> bool:
+    """Check the declared ids before serving; False if SIGINT or SIGTERM came first.
+
+    Serving only after the check (at most one deadline) lets verified sources be
+    pruned from the first request on; a signal meanwhile still stops the service
+    gracefully rather than killing it.
+    """
+    signalled = False
+
+    async def check() -> None:
+        await collector.declared.check()
+        race.cancel_scope.cancel()
+
+    async def stop() -> None:
+        nonlocal signalled
+        await _until_signal()
+        signalled = True
+        race.cancel_scope.cancel()
+
+    async with trio.open_nursery() as race:
+        race.start_soon(check)
+        race.start_soon(stop)
+    return not signalled
+
+
+async def _watch_ids(collector: Collector, interval: float, scope: trio.CancelScope) -> None:
+    """Check the declared ids periodically after the first check, until the server stops."""
     with scope:
-        await collector.declared.watch(interval, task_status=task_status)
+        await collector.declared.watch(interval, checked=True)
 
 
 async def _serve_then_stop(
