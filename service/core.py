@@ -176,7 +176,8 @@ class Member:
 
     source: Source
     ids: IdRanges | None = None
-    """The id ranges it declares, used to report what is missing; None if unknown."""
+    """The id ranges it declares: what is missing when it fails, and, once verified
+    against its table, which requests may skip it. None if undeclared."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
@@ -424,8 +425,9 @@ class Collector:
                 state.error,
                 extra={"source": name, "status": str(state.status), "reason": state.error},
             )
-            if state.member.ids is not None:
-                missing = clip_ranges(state.member.ids, state.position)
+            ranges = self._trusted_ranges(state.member)
+            if ranges is not None:
+                missing = clip_ranges(ranges, state.position)
         outcome = Outcome(
             source=name,
             status=state.status,
@@ -519,7 +521,7 @@ class Collector:
             duration=duration,
             error=error,
             breaker=breaker.state,
-            missing_ids=member.ids if status is not Status.OK else None,
+            missing_ids=self._trusted_ranges(member) if status is not Status.OK else None,
             out_of_range=out_of_range,
         )
         if out_of_range:
@@ -531,6 +533,15 @@ class Collector:
             )
         self._notify(outcome)
         results[index] = (outcome, rows)
+
+    def _trusted_ranges(self, member: Member) -> IdRanges | None:
+        """The ranges that say what a failed source's absence hides; None once violated.
+
+        A source known to hold rows outside its declaration may be missing any id.
+        """
+        if self.declared.state(member.source.name) is IdsState.VIOLATED:
+            return None
+        return member.ids
 
     def _notify(self, outcome: Outcome) -> None:
         for observer in self._observers:

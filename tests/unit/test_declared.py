@@ -113,3 +113,12 @@ async def test_undeclared_sources_have_no_state_and_are_never_checked() -> None:
     assert collector.declared.state("free") is None
     assert collector.declared.states() == {}
     assert source.checks == 0
+
+
+async def test_a_violated_source_that_fails_may_be_missing_any_id() -> None:
+    source, collector = declared_source(1000)
+    await collector.declared.check()
+    source.error = OSError("down")
+    collection = await collector.collect()
+    assert collection.outcomes[0].missing_ids is None
+    assert collection.missing_ids is None  # nobody can say which ids are absent
