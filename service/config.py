@@ -12,6 +12,8 @@ api_token = "..."             # optional: data endpoints then need "Authorizatio
 max_concurrent_requests = 256 # data requests served at once per worker; more get 503
 stream_idle_timeout = 30.0    # seconds a client may accept nothing before it is disconnected
 response_timeout = 60.0       # seconds a non-streamed answer may take to send
+probe_timeout = 0.5           # seconds each source may take to answer a /readyz ping
+ids_check_interval = 60.0     # seconds between checks of each source's rows against its ids
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -66,6 +68,11 @@ DEFAULT_STREAM_IDLE_TIMEOUT = 30.0
 #: NDJSON streams are exempt and run as long as the client keeps reading.
 DEFAULT_RESPONSE_TIMEOUT = 60.0
 MAX_IO_TIMEOUT = 3600.0
+#: Seconds a readiness ping may take: well under the 1 s a typical probe allows.
+DEFAULT_PROBE_TIMEOUT = 0.5
+#: Seconds between checks of each source's rows against its declared ids.
+DEFAULT_IDS_CHECK_INTERVAL = 60.0
+MAX_IDS_CHECK_INTERVAL = 86400.0
 
 # Source names appear in HTTP headers (Server-Timing metric names are RFC 9110
 # tokens), so they are restricted to characters that never need quoting.
@@ -83,6 +90,8 @@ _TOP_KEYS = frozenset(
         "max_concurrent_requests",
         "stream_idle_timeout",
         "response_timeout",
+        "probe_timeout",
+        "ids_check_interval",
     }
 )
 _SOURCE_KEYS = frozenset(
@@ -143,6 +152,10 @@ class Config:
     """Seconds a client may accept nothing of an answer before it is disconnected."""
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     """Seconds a non-streamed answer may take to send."""
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    """Seconds each source may take to answer a readiness ping."""
+    ids_check_interval: float = DEFAULT_IDS_CHECK_INTERVAL
+    """Seconds between checks of the sources' rows against their declared ids."""
 
 
 def load_config(path: Path) -> Config:
@@ -198,17 +211,23 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         api_token=token,
         max_concurrent_requests=limit,
         stream_idle_timeout=_parse_seconds(
-            data, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT
+            data, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT, MAX_IO_TIMEOUT
         ),
-        response_timeout=_parse_seconds(data, "response_timeout", DEFAULT_RESPONSE_TIMEOUT),
+        response_timeout=_parse_seconds(
+            data, "response_timeout", DEFAULT_RESPONSE_TIMEOUT, MAX_IO_TIMEOUT
+        ),
+        probe_timeout=_parse_seconds(data, "probe_timeout", DEFAULT_PROBE_TIMEOUT, MAX_TIMEOUT),
+        ids_check_interval=_parse_seconds(
+            data, "ids_check_interval", DEFAULT_IDS_CHECK_INTERVAL, MAX_IDS_CHECK_INTERVAL
+        ),
     )
 
 
-def _parse_seconds(data: Mapping[str, Any], key: str, default: float) -> float:
-    """A positive, finite number of seconds up to ``MAX_IO_TIMEOUT``."""
+def _parse_seconds(data: Mapping[str, Any], key: str, default: float, most: float) -> float:
+    """A positive, finite number of seconds, at most ``most``."""
     value = data.get(key, default)
-    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= MAX_IO_TIMEOUT:
-        raise ConfigError(f"'{key}' must be a number of seconds > 0 and <= {MAX_IO_TIMEOUT:g}")
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= most:
+        raise ConfigError(f"'{key}' must be a number of seconds > 0 and <= {most:g}")
     return float(value)
 
 

@@ -36,6 +36,7 @@ from typing import NamedTuple, Protocol
 import trio
 
 from service.breaker import BreakerSettings, BreakerState, CircuitBreaker, Permit
+from service.declared import DeclaredIds, IdsState
 
 log = logging.getLogger("collector.core")
 
@@ -152,6 +153,10 @@ class Source(Protocol):
         """A server-side cursor over the rows in ``window``, read ``batch_size`` at a time."""
         ...
 
+    async def lowest_outside(self, ranges: IdRanges) -> int | None:
+        """The lowest id outside the inclusive ``ranges`` (an indexed query); None if none."""
+        ...
+
 
 class RowStream(Protocol):
     """Rows of one source in id order, a batch at a time (a server-side cursor)."""
@@ -171,7 +176,8 @@ class Member:
 
     source: Source
     ids: IdRanges | None = None
-    """The id ranges it declares, used to report what is missing; None if unknown."""
+    """The id ranges it declares: what is missing when it fails, and, once verified
+    against its table, which requests may skip it. None if undeclared."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
@@ -195,13 +201,25 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """Whether a source could answer a trivial query just now."""
+    """Whether a source could answer a trivial query just now.
+
+    ``status`` is ``ok``, ``timeout`` (no answer within the probe deadline),
+    ``error``, or ``skipped`` (its breaker is open: data requests skip it, so
+    it serves nothing whether or not it would answer a ping).
+    """
 
     source: str
-    reachable: bool
+    status: Status
     duration: float
     error: str | None
     breaker: BreakerState
+    ids: IdsState | None = None
+    """Whether its declared ids were checked (None: it declares none)."""
+
+    @property
+    def reachable(self) -> bool:
+        """Whether it answered the ping."""
+        return self.status is Status.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +268,19 @@ class Collector:
         self,
         sources: Sequence[Source | Member],
         timeout: float,
+        *,
+        probe_timeout: float | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout <= 0 or (probe_timeout is not None and probe_timeout <= 0):
+            raise ValueError("timeouts must be positive")
         self._members = tuple(s if isinstance(s, Member) else Member(s) for s in sources)
         self._breakers = tuple(CircuitBreaker(m.breaker) for m in self._members)
         self._timeout = timeout
+        self._probe_timeout = timeout if probe_timeout is None else probe_timeout
+        self.declared = DeclaredIds(
+            [(m.source, m.ids) for m in self._members if m.ids is not None], timeout
+        )
+        """Which declarations are checked, so that pruning by them is safe."""
         self._observers: list[OutcomeObserver] = []
 
     def add_observer(self, observer: OutcomeObserver) -> None:
@@ -383,7 +408,7 @@ class Collector:
         yield Collection(rows=[], outcomes=tuple(outcomes), next=cursor, interrupted=interrupted)
 
     async def _stream_start(self, state: _StreamState, batch_size: int) -> None:
-        admission = admit(state.member, state.breaker, state.window)
+        admission = admit(state.member, state.breaker, state.window, self.declared)
         if isinstance(admission, tuple):
             (state.status, state.error), state.finished = admission, True
             return
@@ -412,8 +437,9 @@ class Collector:
                 state.error,
                 extra={"source": name, "status": str(state.status), "reason": state.error},
             )
-            if state.member.ids is not None:
-                missing = clip_ranges(state.member.ids, state.position)
+            ranges = self._trusted_ranges(state.member)
+            if ranges is not None:
+                missing = clip_ranges(ranges, state.position)
         outcome = Outcome(
             source=name,
             status=state.status,
@@ -427,16 +453,26 @@ class Collector:
         return outcome
 
     async def probe(self) -> tuple[Probe, ...]:
-        """Ping every source concurrently (ignoring breakers), each under the deadline."""
+        """Ping every source concurrently under the probe deadline.
+
+        A source whose breaker is open is not pinged: data requests skip it, so
+        for readiness it counts as unable to serve, whatever a ping would say.
+        """
         probes: list[Probe | None] = [None] * len(self._members)
 
         async def ping(index: int) -> None:
             member, breaker = self._members[index], self._breakers[index]
             start = trio.current_time()
-            status, _, error = await attempt(member.source.ping, self._timeout)
+            error: str | None
+            if breaker.state is BreakerState.OPEN:
+                failures = breaker.consecutive_failures
+                status, error = Status.SKIPPED, f"circuit open after {failures} failures in a row"
+            else:
+                status, _, error = await attempt(member.source.ping, self._probe_timeout)
             duration = trio.current_time() - start
-            reachable = status is Status.OK
-            probes[index] = Probe(member.source.name, reachable, duration, error, breaker.state)
+            name = member.source.name
+            ids = self.declared.state(name)
+            probes[index] = Probe(name, status, duration, error, breaker.state, ids)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(self._members)):
@@ -456,7 +492,7 @@ class Collector:
         start = trio.current_time()
         rows: Sequence[Row] = ()
         before: BreakerState | None = None  # the breaker's state before this verdict
-        admission = admit(member, breaker, window)
+        admission = admit(member, breaker, window, self.declared)
         if isinstance(admission, tuple):
             status, error = admission
         else:
@@ -497,7 +533,7 @@ class Collector:
             duration=duration,
             error=error,
             breaker=breaker.state,
-            missing_ids=member.ids if status is not Status.OK else None,
+            missing_ids=self._trusted_ranges(member) if status is not Status.OK else None,
             out_of_range=out_of_range,
         )
         if out_of_range:
@@ -509,6 +545,15 @@ class Collector:
             )
         self._notify(outcome)
         results[index] = (outcome, rows)
+
+    def _trusted_ranges(self, member: Member) -> IdRanges | None:
+        """The ranges that say what a failed source's absence hides; None once violated.
+
+        A source known to hold rows outside its declaration may be missing any id.
+        """
+        if self.declared.state(member.source.name) is IdsState.VIOLATED:
+            return None
+        return member.ids
 
     def _notify(self, outcome: Outcome) -> None:
         for observer in self._observers:
@@ -568,10 +613,15 @@ async def attempt(
 
 
 def admit(
-    member: Member, breaker: CircuitBreaker, window: Window
+    member: Member, breaker: CircuitBreaker, window: Window, declared: DeclaredIds
 ) -> Permit | tuple[Status, str | None]:
-    """A permit to ask the source, or why not: pruned by its ranges, or breaker open."""
-    if member.ids is not None and not window.intersects(member.ids):
+    """A permit to ask the source, or why not: pruned by its ranges, or breaker open.
+
+    Ranges prune only once they are verified against the table: an unchecked or
+    broken declaration would silently drop the rows outside it.
+    """
+    name = member.source.name
+    if member.ids is not None and declared.prunable(name) and not window.intersects(member.ids):
         return Status.PRUNED, None
     permit = breaker.acquire()
     if permit is None:

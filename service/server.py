@@ -25,6 +25,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
+from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 
 from service import stopping
@@ -102,7 +103,11 @@ async def serve(
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)
         async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
-            collector = Collector(members, config.timeout)
+            collector = Collector(members, config.timeout, probe_timeout=config.probe_timeout)
+            if not await _first_ids_check(collector, draining):
+                return  # asked to stop while checking: nothing was served yet
+            checks = trio.CancelScope()
+            nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
             coalescer = None
             if config.coalesce:
                 coalescer = Coalescer(
@@ -122,11 +127,12 @@ async def serve(
             try:
                 binds: list[str] = await nursery.start(
                     partial(
-                        worker_serve,
+                        _serve_then_stop,
                         wrap_app(app, hconfig.wsgi_max_body_size, None),
                         hconfig,
-                        sockets=sockets,
-                        shutdown_trigger=partial(_until_signal, draining),
+                        sockets,
+                        checks,
+                        draining,
                     )
                 )
             except BaseException as exc:
@@ -139,6 +145,59 @@ async def serve(
             names = ", ".join(f"{s.name} ({s.access})" for s in config.sources)
             who = "" if worker is None else f" (worker {worker})"
             print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
+
+
+async def _first_ids_check(collector: Collector, draining: trio.Event) -> bool:
+    """Check the declared ids before serving; False if SIGINT or SIGTERM came first.
+
+    Serving only after the check (at most one deadline) lets verified sources be
+    pruned from the first request on; a signal meanwhile still stops the service
+    gracefully rather than killing it.
+    """
+    signalled = False
+
+    async def check() -> None:
+        await collector.declared.check()
+        race.cancel_scope.cancel()
+
+    async def stop() -> None:
+        nonlocal signalled
+        await _until_signal(draining)
+        signalled = True
+        race.cancel_scope.cancel()
+
+    async with trio.open_nursery() as race:
+        race.start_soon(check)
+        race.start_soon(stop)
+    return not signalled
+
+
+async def _watch_ids(collector: Collector, interval: float, scope: trio.CancelScope) -> None:
+    """Check the declared ids periodically after the first check, until the server stops."""
+    with scope:
+        await collector.declared.watch(interval, checked=True)
+
+
+async def _serve_then_stop(
+    app: AppWrapper,
+    hconfig: HypercornConfig,
+    sockets: Sockets | None,
+    checks: trio.CancelScope,
+    draining: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until a signal, then stop the background checks so shutdown can finish."""
+    try:
+        await worker_serve(
+            app,
+            hconfig,
+            sockets=sockets,
+            shutdown_trigger=partial(_until_signal, draining),
+            task_status=task_status,
+        )
+    finally:
+        checks.cancel()
 
 
 def settle_heap() -> None:

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from service.core import Row, SourceError, Window, describe_error
+from service.core import IdRanges, Row, SourceError, Window, describe_error
+from service.declared import gaps
 from service.sources.bridge import AsyncioBridge
 
 T = TypeVar("T")
@@ -227,6 +228,10 @@ class DriverSource:
         """Run ``SELECT 1`` on a pooled connection (Trio-flavoured)."""
         await self.run(partial(once_more_if_stale, self._ping_on_asyncio, self._name))
 
+    async def lowest_outside(self, ranges: IdRanges) -> int | None:
+        """The lowest id outside ``ranges``: a bounded index probe per gap between them."""
+        return await self.run(partial(self._lowest_in_on_asyncio, gaps(ranges)))
+
     async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""
         return await run_driver(self._bridge, self._secrets, fn)
@@ -235,4 +240,7 @@ class DriverSource:
         raise NotImplementedError
 
     async def _ping_on_asyncio(self) -> None:
+        raise NotImplementedError
+
+    async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
         raise NotImplementedError

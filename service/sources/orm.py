@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import BigInteger, Executable, Result, Select, String, select, text
+from sqlalchemy import BigInteger, Executable, Result, Select, String, func, select, text, union_all
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from service.core import Row, Window
+from service.core import IdRanges, Row, Window
 from service.sources.base import (
     IDLE_CONNECTION_LIFETIME,
     DriverLimits,
@@ -65,6 +65,12 @@ def window_statement(model: type[RowColumns], window: Window) -> Select[RowColum
     return statement
 
 
+def lowest_in_statement(model: type[RowColumns], ranges: IdRanges) -> Any:
+    """One ``min(id)`` per range, each a bounded primary-key probe, as one statement."""
+    per_range = [select(func.min(model.id)).where(model.id.between(lo, hi)) for lo, hi in ranges]
+    return per_range[0] if len(per_range) == 1 else union_all(*per_range)
+
+
 class OrmSource(DriverSource):
     """Reads one table through the ORM: a select on the mapped class, in an AsyncSession.
 
@@ -92,6 +98,13 @@ class OrmSource(DriverSource):
 
     async def _ping_on_asyncio(self) -> None:
         await self._execute(text("SELECT 1"))
+
+    async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
+        if not ranges:
+            return None
+        found = (await self._execute(lowest_in_statement(self._model, ranges))).all()
+        values = [int(row[0]) for row in found if row[0] is not None]
+        return min(values, default=None)
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         return checked_rows(await self._execute(self._statement(window)))

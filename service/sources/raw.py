@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from service.core import Row, Window
+from service.core import IdRanges, Row, Window
 from service.sources.base import (
     IDLE_CONNECTION_LIFETIME,
     DriverLimits,
@@ -66,6 +66,19 @@ def select_window_sql(table: str) -> str:
     )
 
 
+def lowest_in_sql(table: str) -> str:
+    """The lowest id inside any of the ranges given as two arrays of bounds.
+
+    Each range is its own ``min(id)`` over a bounded primary-key range, which
+    PostgreSQL answers from the index without reading the rows elsewhere.
+    """
+    return (
+        "SELECT min(found) FROM (SELECT "
+        f"(SELECT min(id) FROM {quote_identifier(table)} WHERE id BETWEEN g.lo AND g.hi) AS found "
+        "FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi)) AS per_range"
+    )
+
+
 def window_args(window: Window) -> tuple[int, int, int | None]:
     """The statement's parameters for ``window``."""
     after = NO_LOWER_BOUND if window.after is None else window.after
@@ -92,6 +105,7 @@ class RawSource(DriverSource):
     ) -> None:
         super().__init__(name, bridge, secrets)
         self._query = select_window_sql(table)
+        self._lowest_in = lowest_in_sql(table)
         self._pool = pool
         self._limits = limits
 
@@ -125,6 +139,16 @@ class RawSource(DriverSource):
                         connection.terminate()
                 raise
             return records
+
+    async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
+        if not ranges:
+            return None
+        timeout = self._limits.timeout
+        lows, highs = [first for first, _ in ranges], [last for _, last in ranges]
+        async with self._pool.acquire(timeout=timeout) as connection:
+            records = await connection.fetch(self._lowest_in, lows, highs, timeout=timeout)
+        found = records[0][0] if records else None
+        return None if found is None else int(found)
 
 
 async def _keep_session(connection: object) -> None:

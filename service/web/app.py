@@ -6,7 +6,7 @@ Routes::
                              a page of them (limit, after); or an NDJSON stream
     GET /collect-data/{id}   the row with that id, from the sources that can hold it
     GET /livez          the process is alive (no dependency is checked)
-    GET /readyz         per-source reachability; 503 only when no source answers
+    GET /readyz         per-source status and ids state; 503 when no source is ok
     GET /metrics        Prometheus text format
     GET /openapi.json   the OpenAPI description; GET /docs renders it (offline)
 
@@ -84,6 +84,7 @@ def create_app(
     metrics = metrics or Metrics()
     collect = coalescer.collect if coalescer is not None else collector.collect
     metrics.watch_breakers(collector.breaker_states)
+    metrics.watch_ids(collector.declared.states)
     collector.add_observer(metrics.observe)
     app = QuartTrio("collector")
     app.config["RESPONSE_TIMEOUT"] = response_timeout
@@ -278,7 +279,11 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Reply:
-        """Ready while at least one source answers; lists every source's reachability."""
+        """Ready while at least one source answers and is not skipped; lists each one.
+
+        Each ping has the short probe deadline, so a black-holed source cannot
+        hold the answer longer than a readiness probe waits.
+        """
         probes = await collector.probe()
         ready = any(p.reachable for p in probes)
         body = {

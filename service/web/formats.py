@@ -116,10 +116,12 @@ def probe_json(probe: Probe) -> dict[str, Any]:
     """One source's part of the readiness report."""
     return {
         "name": probe.source,
+        "status": probe.status.value,
         "reachable": probe.reachable,
         "duration_ms": round(probe.duration * 1000, 1),
         "error": probe.error,
         "breaker": probe.breaker.value,
+        "ids": None if probe.ids is None else probe.ids.value,
     }
 
 

@@ -3,6 +3,7 @@
 collector_source_fetch_seconds{source}            histogram of fetch durations
 collector_source_outcomes_total{source,status}    outcomes: ok, timeout, error, skipped
 collector_breaker_state{source}                   0 closed, 1 half-open, 2 open
+collector_source_ids_state{source}                0 verified, 1 unknown, 2 violated
 collector_requests_in_flight                      HTTP requests being served
 collector_http_responses_total{code}              responses sent, by status code
 
@@ -11,7 +12,9 @@ shared directory (prometheus-client's multiprocess mode) and a scrape, whichever
 worker answers it, reads them all: counters and histograms are summed over the
 workers (the dead ones included, so counters never go down), in-flight requests
 are summed over the live workers, and a breaker's state is the worst (highest)
-over the live workers, each as of its last fetch of that source or scrape.
+over the live workers, each as of its last fetch of that source or scrape. A
+source's ids state is likewise the worst over the live workers (each checks on
+its own), as of each one's last check or scrape.
 """
 
 from __future__ import annotations
@@ -37,11 +40,15 @@ from prometheus_client.registry import Collector as MetricsCollector
 
 from service.breaker import BreakerState
 from service.core import Outcome
+from service.declared import IdsState
 
 #: Bucket bounds in seconds: fine-grained where healthy sources answer, and around
 #: the 2 s default deadline where timeouts land.
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0)
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+#: Higher is worse, as for breakers, so the multiprocess maximum is the worst worker.
+IDS_STATE_VALUES = {IdsState.VERIFIED: 0, IdsState.UNKNOWN: 1, IdsState.VIOLATED: 2}
+IDS_STATE_HELP = "Declared ids per source: 0 verified, 1 unknown (not pruned), 2 violated."
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: prometheus-client reads this variable when it is first imported: set, every
 #: value lives in a file under that directory, shared by the worker processes.
@@ -65,6 +72,19 @@ class _BreakerGauge(MetricsCollector):
         yield gauge
 
 
+class _IdsGauge(MetricsCollector):
+    """Reads each declared source's ids state at scrape time."""
+
+    def __init__(self, states: Callable[[], Mapping[str, IdsState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("collector_source_ids_state", IDS_STATE_HELP, labels=["source"])
+        for source, state in self._states().items():
+            gauge.add_metric([source], IDS_STATE_VALUES[state])
+        yield gauge
+
+
 class Metrics:
     """The service's metrics; ``observe`` is the collector's outcome observer.
 
@@ -79,6 +99,7 @@ class Metrics:
             )
         self._shared_dir = shared_dir
         self._breaker_states: Callable[[], Mapping[str, BreakerState]] = dict
+        self._ids_states: Callable[[], Mapping[str, IdsState]] = dict
         self.registry = CollectorRegistry()
         self.fetch_seconds = Histogram(
             "collector_source_fetch_seconds",
@@ -106,6 +127,13 @@ class Metrics:
             registry=None,  # exported only in multiprocess mode; see watch_breakers
             multiprocess_mode="livemax",
         )
+        self.ids_state = Gauge(
+            "collector_source_ids_state",
+            IDS_STATE_HELP,
+            ["source"],
+            registry=None,  # exported only in multiprocess mode; see watch_ids
+            multiprocess_mode="livemax",
+        )
         self.responses = Counter(
             "collector_http_responses",
             "HTTP responses by status code.",
@@ -125,6 +153,14 @@ class Metrics:
         else:
             self._write_breakers()
 
+    def watch_ids(self, states: Callable[[], Mapping[str, IdsState]]) -> None:
+        """Export the declared-ids states that ``states`` reports (as for breakers)."""
+        self._ids_states = states
+        if self._shared_dir is None:
+            self.registry.register(_IdsGauge(states))
+        else:
+            self._write_ids()
+
     def observe(self, outcome: Outcome) -> None:
         """Record one source outcome."""
         self.fetch_seconds.labels(outcome.source).observe(outcome.duration)
@@ -137,6 +173,7 @@ class Metrics:
         if self._shared_dir is None:
             return generate_latest(self.registry)
         self._write_breakers()
+        self._write_ids()
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=str(self._shared_dir))  # type: ignore[no-untyped-call]
         return generate_latest(merged)
@@ -144,6 +181,10 @@ class Metrics:
     def _write_breakers(self) -> None:
         for source, state in self._breaker_states().items():
             self.breaker_state.labels(source).set(BREAKER_VALUES[state])
+
+    def _write_ids(self) -> None:
+        for source, state in self._ids_states().items():
+            self.ids_state.labels(source).set(IDS_STATE_VALUES[state])
 
 
 @contextmanager

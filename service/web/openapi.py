@@ -250,10 +250,10 @@ def openapi_document(sources: Sequence[str] = ()) -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Per-source reachability; ready while any source answers",
+                    "summary": "Per-source status (probe deadline); ready while any source is ok",
                     "responses": {
-                        "200": {"description": "At least one source answers."},
-                        "503": {"description": "No source answers."},
+                        "200": {"description": "At least one source answered its ping."},
+                        "503": {"description": "No source is ok (down, timed out or skipped)."},
                     },
                 }
             },

@@ -50,6 +50,8 @@ def write_config(
     lines = [
         f"timeout = {timeout if timeout is not None else config.timeout}",
         f"coalesce = {'true' if coalesce and config.coalesce else 'false'}",
+        f"probe_timeout = {config.probe_timeout}",
+        f"ids_check_interval = {config.ids_check_interval}",
     ]
     for source in config.sources:
         lines += [

@@ -15,9 +15,15 @@ from service.sources.bridge import AsyncioBridge
 async def collector_for(
     bridge: AsyncioBridge, sources: tuple[SourceConfig, ...], timeout: float = 2.0
 ) -> AsyncIterator[Collector]:
-    """A collector over ``sources`` opened the way the server opens them."""
+    """A collector over ``sources`` opened the way the server opens them.
+
+    As the server does before serving, the declared ids are checked first, so
+    sources that hold only their declared ids are pruned.
+    """
     async with open_sources(Config(sources=sources, timeout=timeout), bridge) as members:
-        yield Collector(members, timeout)
+        collector = Collector(members, timeout)
+        await collector.declared.check()
+        yield collector
 
 
 async def read_stream(

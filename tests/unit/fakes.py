@@ -34,6 +34,11 @@ class FakeSource:
         self.reachable = error is None
         self.fail_at_batch: int | None = None
         self.streams: list[FakeStream] = []
+        self.checks = 0
+        self.pings = 0
+        self.ping_delay = 0.0
+        self.check_delay = 0.0
+        self.check_error: BaseException | None = None
 
     @property
     def name(self) -> str:
@@ -60,8 +65,19 @@ class FakeSource:
         return rows[: window.limit]
 
     async def ping(self) -> None:
+        self.pings += 1
+        await trio.sleep(self.ping_delay)
         if not self.reachable:
             raise ConnectionRefusedError(111, "Connection refused")
+
+    async def lowest_outside(self, ranges: tuple[tuple[int, int], ...]) -> int | None:
+        """The lowest id of ``result`` outside ``ranges``, as the indexed query finds it."""
+        self.checks += 1
+        await trio.sleep(self.check_delay)
+        if self.check_error is not None:
+            raise self.check_error
+        outside = [r.id for r in self.result if not any(a <= r.id <= b for a, b in ranges)]
+        return min(outside, default=None)
 
     def open_stream(self, window: Window, batch_size: int) -> FakeStream:
         self.calls += 1

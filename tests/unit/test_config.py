@@ -57,6 +57,14 @@ def test_stream_and_response_limits_default_and_can_be_set(tmp_path: Path) -> No
     assert (config.stream_idle_timeout, config.response_timeout) == (1.0, 0.5)
 
 
+def test_probe_deadline_and_ids_check_interval_have_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, VALID))
+    assert (config.probe_timeout, config.ids_check_interval) == (0.5, 60.0)
+    text = "probe_timeout = 0.25\nids_check_interval = 5\n" + VALID
+    config = load_config(write(tmp_path, text))
+    assert (config.probe_timeout, config.ids_check_interval) == (0.25, 5.0)
+
+
 def test_timeout_defaults_to_two_seconds(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, VALID.replace("timeout = 1.5", "")))
     assert config.timeout == 2.0
@@ -96,6 +104,12 @@ def test_password_never_appears_in_a_source_repr(tmp_path: Path) -> None:
         ("stream_idle_timeout = 0\n" + VALID, "'stream_idle_timeout' must be a number"),
         ("stream_idle_timeout = inf\n" + VALID, "'stream_idle_timeout' must be a number"),
         ('response_timeout = "60"\n' + VALID, "'response_timeout' must be a number"),
+        ("probe_timeout = 0\n" + VALID, "'probe_timeout' must be a number of seconds > 0"),
+        ("probe_timeout = 'fast'\n" + VALID, "'probe_timeout' must be a number"),
+        ("probe_timeout = nan\n" + VALID, "'probe_timeout' must be a number"),
+        ("ids_check_interval = -1\n" + VALID, "'ids_check_interval' must be a number"),
+        ("ids_check_interval = 1e9\n" + VALID, "<= 86400"),
+        ("ids_check_interval = true\n" + VALID, "'ids_check_interval' must be a number"),
     ],
 )
 def test_bad_config_is_rejected_with_a_one_line_reason(

@@ -65,9 +65,16 @@ async def test_exactly_full_last_page_still_offers_a_next_page_that_is_empty() -
     assert empty.next is None
 
 
+async def checked(members: list[Member]) -> Collector:
+    """A collector whose declared ids were checked (and hold), so it may prune."""
+    collector = Collector(members, TIMEOUT)
+    await collector.declared.check()
+    return collector
+
+
 async def test_sources_whose_ranges_cannot_hold_the_page_are_pruned() -> None:
     members = reference()
-    collection = await Collector(members, TIMEOUT).collect(Query(after=50, limit=5))
+    collection = await (await checked(members)).collect(Query(after=50, limit=5))
     statuses = [o.status for o in collection.outcomes]
     assert statuses == [Status.PRUNED, Status.PRUNED, Status.OK]
     assert [fake(m).calls for m in members] == [0, 0, 1]
@@ -77,7 +84,7 @@ async def test_sources_whose_ranges_cannot_hold_the_page_are_pruned() -> None:
 
 async def test_single_id_asks_only_the_source_that_can_hold_it() -> None:
     members = reference()
-    collection = await Collector(members, TIMEOUT).collect(Query(after=41, until=42))
+    collection = await (await checked(members)).collect(Query(after=41, until=42))
     assert collection.rows == [Row(42, "Test 42")]
     assert [fake(m).calls for m in members] == [0, 1, 0]
     assert collection.next is None

@@ -83,6 +83,7 @@ async def test_stream_prunes_sources_outside_declared_ranges() -> None:
     a = FakeSource("a", rows(1, 2, 3))
     b = FakeSource("b", rows(11, 12))
     collector = Collector([Member(a, ids=((1, 10),)), Member(b, ids=((11, 20),))], TIMEOUT)
+    await collector.declared.check()
     merged, summary = await read_stream(collector, Query(after=10), batch=10)
     assert [row.id for row in merged] == [11, 12]
     assert [o.status for o in summary.outcomes] == [Status.PRUNED, Status.OK]

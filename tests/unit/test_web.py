@@ -7,6 +7,7 @@ import trio
 from quart_trio import QuartTrio
 
 from service.core import Collector, Member
+from service.declared import IdsState
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 
@@ -279,7 +280,10 @@ def reference_app(**broken: FakeSource) -> QuartTrio:
         ids = [i for first, last in ranges for i in range(first, last + 1)]
         source = broken.get(name) or FakeSource(name, rows(*ids))
         members.append(Member(source, ids=ranges))
-    return create_app(Collector(members, timeout=2.0))
+    collector = Collector(members, timeout=2.0)
+    for name in layout:  # the fakes hold only their declared ids, as a check finds
+        collector.declared.record(name, IdsState.VERIFIED)
+    return create_app(collector)
 
 
 async def test_page_links_to_the_next_page() -> None:
