@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncpg
 import trio
 import trio_asyncio
 
@@ -32,73 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.config import Access, Config, SourceConfig
 from tests.e2e.conftest import running_server, write_config
 from tests.support import pg
-
-
-async def create(server_dsn: str, database: str, rows: int) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    connection = await asyncpg.connect(pg.with_database(server_dsn, database))
-    try:
-        await connection.execute(
-            "CREATE TABLE big (id INT PRIMARY KEY, name VARCHAR(255));"
-            f"INSERT INTO big SELECT i, 'Big row ' || i FROM generate_series(1, {rows}) AS i"
-        )
-        await connection.execute("VACUUM ANALYZE big")
-    finally:
-        await connection.close()
-
-
-async def drop(server_dsn: str, database: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await admin.close()
+from tests.support.slowreader import connect_small_window, dechunk, read_slowly
 
 
 async def read_stream(url: str, rate: float) -> tuple[bytes, float]:
     """The raw answer to an NDJSON request read at ``rate`` bytes/s, and its duration."""
-    parts = urlsplit(url)
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    await sock.connect((parts.hostname, parts.port))
-    stream = trio.SocketStream(sock)
+    stream = await connect_small_window(url)
     await stream.send_all(
         b"GET /collect-data HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n"
         b"Connection: close\r\n\r\n"
     )
-    received = bytearray()
     start = trio.current_time()
-    while True:
-        try:
-            chunk = await stream.receive_some(16 * 1024)
-        except trio.BrokenResourceError:
-            break
-        if not chunk:
-            break
-        received += chunk
-        await trio.sleep_until(start + len(received) / rate)
-    await stream.aclose()
-    return bytes(received), trio.current_time() - start
-
-
-def dechunk(raw: bytes) -> tuple[bytes, bool]:
-    """The body of a chunked answer so far, and whether the last chunk came."""
-    rest = raw.partition(b"\r\n\r\n")[2]
-    body = bytearray()
-    while rest:
-        size_line, sep, rest = rest.partition(b"\r\n")
-        if not sep:
-            break
-        size = int(size_line, 16)
-        if size == 0:
-            return bytes(body), True
-        body += rest[:size]
-        rest = rest[size + 2 :]
-    return bytes(body), False
+    async with stream:
+        received = await read_slowly(stream, rate)
+    return received, trio.current_time() - start
 
 
 async def measure(config: Config, rate: float, workdir: Path) -> None:
@@ -133,11 +77,17 @@ def main() -> None:
     config = Config(sources=(source,))
     print(f"1 source x {args.rows:,} rows, read at {args.rate / 1000:.0f} KB/s")
     try:
-        trio_asyncio.run(trio_asyncio.aio_as_trio(create), args.dsn, database, args.rows)
+        statements = (
+            "CREATE TABLE big (id INT PRIMARY KEY, name VARCHAR(255));"
+            f"INSERT INTO big SELECT i, 'Big row ' || i FROM generate_series(1, {args.rows}) AS i",
+            "VACUUM ANALYZE big",
+        )
+        create = trio_asyncio.aio_as_trio(pg.create_database)
+        trio_asyncio.run(create, args.dsn, database, *statements)
         with tempfile.TemporaryDirectory() as workdir:
             trio.run(measure, config, args.rate, Path(workdir))
     finally:
-        trio_asyncio.run(trio_asyncio.aio_as_trio(drop), args.dsn, database)
+        trio_asyncio.run(trio_asyncio.aio_as_trio(pg.drop_database), args.dsn, database)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 import trio
 import trio_asyncio
@@ -22,6 +19,7 @@ import trio_asyncio
 from service.config import Access, Config, SourceConfig
 from tests.e2e.conftest import Server, running_server, write_config
 from tests.support import pg
+from tests.support.slowreader import connect_small_window, dechunk, read_slowly
 
 pytestmark = pytest.mark.e2e
 
@@ -30,37 +28,23 @@ ROWS = 200_000
 NDJSON_HEAD = b"Accept: application/x-ndjson\r\nConnection: close\r\n"
 
 
-async def _create_big(server_dsn: str, database: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(pg.with_database(server_dsn, database))
-    try:
-        for table, first in (("big_odd", 1), ("big_even", 2)):
-            await conn.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(255))")
-            await conn.execute(
-                f"INSERT INTO {table} SELECT i, 'Big row ' || i"
-                f" FROM generate_series({first}, {ROWS}, 2) AS i"
-            )
-    finally:
-        await conn.close()
-
-
-async def _drop(server_dsn: str, database: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await admin.close()
+def big_tables_script() -> str:
+    """Two tables that interleave by id: odd ids in one, even ids in the other."""
+    return "".join(
+        f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(255));"
+        f"INSERT INTO {table} SELECT i, 'Big row ' || i"
+        f" FROM generate_series({first}, {ROWS}, 2) AS i;"
+        for table, first in (("big_odd", 1), ("big_even", 2))
+    )
 
 
 @pytest.fixture(scope="module")
 def big_config(postgres_dsn: str) -> Iterator[Config]:
     """Two sources of 100,000 rows each, interleaved by id, in a throwaway database."""
     database = f"collector_test_{uuid.uuid4().hex[:8]}_big"
-    trio_asyncio.run(trio_asyncio.aio_as_trio(_create_big), postgres_dsn, database)
+    trio_asyncio.run(
+        trio_asyncio.aio_as_trio(pg.create_database), postgres_dsn, database, big_tables_script()
+    )
     dsn = pg.with_database(postgres_dsn, database)
     try:
         yield Config(
@@ -70,7 +54,7 @@ def big_config(postgres_dsn: str) -> Iterator[Config]:
             ),
         )
     finally:
-        trio_asyncio.run(trio_asyncio.aio_as_trio(_drop), postgres_dsn, database)
+        trio_asyncio.run(trio_asyncio.aio_as_trio(pg.drop_database), postgres_dsn, database)
 
 
 def config_file(path: Path, config: Config, **keys: float) -> Path:
@@ -81,49 +65,13 @@ def config_file(path: Path, config: Config, **keys: float) -> Path:
     return path
 
 
-async def connect_small_window(server: Server) -> trio.SocketStream:
-    """A TCP connection whose small receive buffer makes the server wait for the reader."""
-    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    await sock.connect((host, port))
-    return trio.SocketStream(sock)
-
-
-async def read_slowly(stream: trio.SocketStream, rate: float) -> bytes:
-    """Everything until the server closes, at about ``rate`` bytes per second."""
-    received = bytearray()
-    start = trio.current_time()
-    while True:
-        try:
-            chunk = await stream.receive_some(16 * 1024)
-        except trio.BrokenResourceError:
-            break
-        if not chunk:
-            break
-        received += chunk
-        await trio.sleep_until(start + len(received) / rate)
-    return bytes(received)
-
-
 def body_lines(raw: bytes) -> tuple[list[bytes], bool]:
     """The NDJSON lines of a chunked HTTP answer, and whether its last chunk came."""
-    head, _, rest = raw.partition(b"\r\n\r\n")
+    head = raw.partition(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     assert b"transfer-encoding: chunked" in head.lower()
-    body = bytearray()
-    terminated = False
-    while rest:
-        size_line, sep, rest = rest.partition(b"\r\n")
-        if not sep:
-            break
-        size = int(size_line, 16)
-        if size == 0:
-            terminated = True
-            break
-        body += rest[:size]
-        rest = rest[size + 2 :]
-    return bytes(body).split(b"\n"), terminated
+    body, terminated = dechunk(raw)
+    return body.split(b"\n"), terminated
 
 
 def access_lines(server: Server) -> list[dict[str, object]]:
@@ -145,7 +93,7 @@ async def first_access_line(server: Server, within: float) -> dict[str, object]:
 
 
 async def request_stream(server: Server, target: bytes = b"/collect-data") -> trio.SocketStream:
-    stream = await connect_small_window(server)
+    stream = await connect_small_window(server.url)
     await stream.send_all(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + NDJSON_HEAD + b"\r\n")
     return stream
 

@@ -244,3 +244,27 @@ def proxy_factory(nursery: trio.Nursery) -> ProxyFactory:
         return proxy, through_proxy(dsn, port)
 
     return make
+
+
+async def create_database(server_dsn: str, database: str, *statements: str) -> None:
+    """Create ``database`` and run ``statements`` in it, in turn (asyncio-flavoured)."""
+    await _on_server(server_dsn, f'CREATE DATABASE "{database}"')
+    connection = await asyncpg.connect(with_database(server_dsn, database))
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def drop_database(server_dsn: str, database: str) -> None:
+    """Drop ``database`` if it exists, whoever is still connected to it."""
+    await _on_server(server_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def _on_server(server_dsn: str, statement: str) -> None:
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
