@@ -126,10 +126,19 @@ def data() -> Iterator[Path]:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def test_sigterm_to_the_group_right_after_readiness_stops_the_server(data: Path) -> None:
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGTERM, signal.SIGKILL],
+    ids=["sigterm", "sigkill"],
+)
+def test_a_signal_to_the_group_right_after_readiness_stops_the_server(
+    data: Path, signum: int
+) -> None:
+    # SIGTERM: the service stops it; SIGKILL: nothing of the service runs again,
+    # and the watchdog must stop it.
     service = Service(data)
     service.wait_for("serving ")
-    service.signal_group(signal.SIGTERM)
+    service.signal_group(signum)
     service.wait()
     assert_no_server_left(data)
     start_and_stop(data)
@@ -161,15 +170,6 @@ def test_sigterm_while_starting_stops_the_server(data: Path) -> None:
         time.sleep(0.05)
     assert servers_on(data), "the embedded server never started"
     service.signal_group(signal.SIGTERM)
-    service.wait()
-    assert_no_server_left(data)
-    start_and_stop(data)
-
-
-def test_a_killed_service_does_not_keep_the_server_alive(data: Path) -> None:
-    service = Service(data)
-    service.wait_for("serving ")
-    service.signal_group(signal.SIGKILL)
     service.wait()
     assert_no_server_left(data)
     start_and_stop(data)

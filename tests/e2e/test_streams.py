@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -98,15 +99,24 @@ async def request_stream(server: Server, target: bytes = b"/collect-data") -> tr
     return stream
 
 
+@asynccontextmanager
+async def streaming(
+    config: Config, tmp_path: Path, **keys: float
+) -> AsyncIterator[tuple[Server, trio.SocketStream]]:
+    """A real server with ``keys`` set, and an NDJSON request sent to it."""
+    path = config_file(tmp_path / "c.toml", config, **keys)
+    async with running_server(["--config", str(path)]) as server:
+        yield server, await request_stream(server)
+
+
 async def test_slow_steady_reader_gets_every_row_past_the_response_timeout(
     big_config: Config, tmp_path: Path
 ) -> None:
     # Non-streamed answers may take 1 s; this stream takes several at the reading pace.
-    path = config_file(
-        tmp_path / "c.toml", big_config, response_timeout=1.0, stream_idle_timeout=1.0
-    )
-    async with running_server(["--config", str(path)]) as server:
-        stream = await request_stream(server)
+    async with streaming(big_config, tmp_path, response_timeout=1.0, stream_idle_timeout=1.0) as (
+        server,
+        stream,
+    ):
         start = trio.current_time()
         raw = await read_slowly(stream, rate=1_500_000)
         elapsed = trio.current_time() - start
@@ -127,9 +137,7 @@ async def test_slow_steady_reader_gets_every_row_past_the_response_timeout(
 async def test_reader_that_stops_is_disconnected_after_the_idle_limit(
     big_config: Config, tmp_path: Path
 ) -> None:
-    path = config_file(tmp_path / "c.toml", big_config, stream_idle_timeout=1.0)
-    async with running_server(["--config", str(path)]) as server:
-        stream = await request_stream(server)
+    async with streaming(big_config, tmp_path, stream_idle_timeout=1.0) as (server, stream):
         first = await stream.receive_some(4096)
         assert first.startswith(b"HTTP/1.1 200")
         # Read nothing more: the buffers fill, then the server's writes stall.
@@ -149,9 +157,7 @@ async def test_reader_that_stops_is_disconnected_after_the_idle_limit(
 async def test_sigterm_ends_an_open_stream_at_a_row_with_a_resumable_summary(
     big_config: Config, tmp_path: Path
 ) -> None:
-    path = config_file(tmp_path / "c.toml", big_config, stream_idle_timeout=5.0)
-    async with running_server(["--config", str(path)]) as server:
-        stream = await request_stream(server)
+    async with streaming(big_config, tmp_path, stream_idle_timeout=5.0) as (server, stream):
         async with trio.open_nursery() as nursery:
 
             async def stop_soon() -> None:
@@ -178,6 +184,7 @@ async def test_sigterm_ends_an_open_stream_at_a_row_with_a_resumable_summary(
     assert href.startswith("/collect-data?")
 
     # A new server resumes exactly where the cut stream ended.
+    path = config_file(tmp_path / "c.toml", big_config)
     async with running_server(["--config", str(path)]) as again:
         stream = await request_stream(again, href.encode())
         raw = await read_slowly(stream, rate=1e9)
@@ -193,9 +200,7 @@ async def test_reader_that_stops_cannot_hold_a_stopping_server_past_its_grace(
     big_config: Config, tmp_path: Path
 ) -> None:
     # The idle limit is far away; the grace (deadline 2 s + 1 s) ends first.
-    path = config_file(tmp_path / "c.toml", big_config, stream_idle_timeout=600.0)
-    async with running_server(["--config", str(path)]) as server:
-        stream = await request_stream(server)
+    async with streaming(big_config, tmp_path, stream_idle_timeout=600.0) as (server, stream):
         assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
         await trio.sleep(1.0)  # the buffers fill and the server's write blocks
         server.process.send_signal(signal.SIGTERM)

@@ -92,11 +92,7 @@ async def test_the_raw_check_is_an_index_probe_per_gap(
     config = pg.source(own_reference, "source_1")
     table = "big_declared"
     async with pg.admin(asyncio_bridge, config.dsn) as admin:
-        await admin.execute(
-            f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(255));"
-            f"INSERT INTO {table} SELECT g, 'n' FROM generate_series(1, 200000) AS g;"
-            f"ANALYZE {table}"
-        )
+        await admin.fill_table(table, range(1, 200_001))
         try:
             bounds = [list(pair) for pair in zip(*gaps(((1, 200000),)), strict=True)]
             plan = await admin.fetchval(f"EXPLAIN (FORMAT JSON) {lowest_in_sql(table)}", *bounds)

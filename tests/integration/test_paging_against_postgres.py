@@ -109,11 +109,7 @@ async def test_source_failing_mid_stream_is_reported_in_the_summary(
     base = reference_config.sources[0]
     table = f"stream_big_{access}"
     async with pg.admin(asyncio_bridge, base.dsn) as admin:
-        await admin.execute(
-            f"DROP TABLE IF EXISTS {table}; "
-            f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(255)); "
-            f"INSERT INTO {table} SELECT g, 'Row ' || g FROM generate_series(1000, 1999) g"
-        )
+        await admin.fill_table(table, range(1000, 2000))
         try:
             proxy, dsn = await fault_proxy(base.dsn)
             big = SourceConfig("big", dsn, table, access)

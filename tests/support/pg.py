@@ -188,6 +188,16 @@ class Admin:
     async def execute(self, query: str, *args: object) -> str:
         return await self.bridge.run(self.connection.execute, query, *args)
 
+    async def fill_table(self, table: str, ids: range, name: str = "Row ") -> None:
+        """(Re)create ``table`` with a row per id in ``ids``, named ``name`` + id, analysed."""
+        await self.execute(
+            f"DROP TABLE IF EXISTS {table};"
+            f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(255));"
+            f"INSERT INTO {table} SELECT g, '{name}' || g"
+            f" FROM generate_series({ids.start}, {ids.stop - 1}) AS g;"
+            f"ANALYZE {table}"
+        )
+
     async def active_queries(self, application_name: str) -> int:
         """Our queries still running (or holding a transaction) in the server."""
         count = await self.fetchval(
