@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any
 
 from swagger_ui_bundle import swagger_ui_path
 
@@ -23,7 +22,7 @@ def json_reply(body: object, status: int = HTTPStatus.OK) -> Reply:
 class OperationRoutes:
     """Handlers for the orchestrator, the scraper and people reading the API."""
 
-    def __init__(self, collector: Collector, metrics: Metrics, spec: dict[str, Any]) -> None:
+    def __init__(self, collector: Collector, metrics: Metrics, spec: openapi.Json) -> None:
         self.collector = collector
         self.metrics = metrics
         self.spec = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from quart_trio import QuartTrio
 
@@ -11,6 +12,7 @@ from service.web import problems
 from service.web.admission import Admission
 from service.web.auth import token_matches
 from service.web.formats import next_href
+from service.web.openapi import behind_pattern, openapi_document
 from service.web.params import query_for_id
 from service.web.routes_data import DataRoutes
 from tests.unit.fakes import FakeSource, rows
@@ -56,3 +58,17 @@ async def test_a_data_handler_answers_inside_a_bare_request_context() -> None:
     assert (status, json.loads(body)) == (200, {"id": 2, "name": "Test 2"})
     assert headers["Collection-Complete"] == "?1"
     assert routes.admission.in_progress == 0
+
+
+def test_the_documented_behind_pattern_names_only_the_configured_sources() -> None:
+    pattern = re.compile(behind_pattern(["a.b", "c"]))
+    assert pattern.match("a.b:-5,c")
+    assert pattern.match("")
+    assert not pattern.match("axb:5")
+    assert not pattern.match("d")
+
+
+def test_every_referenced_schema_is_defined() -> None:
+    text = json.dumps(openapi_document(["a"]))
+    defined = set(openapi_document()["components"]["schemas"])
+    assert set(re.findall(r"#/components/schemas/(\w+)", text)) == defined
