@@ -1,4 +1,7 @@
-"""HTTP layer: the Quart-Trio app (app.py), its wire formats (formats.py), metrics."""
+"""HTTP layer: wiring (app.py), routes, middleware, formats, OpenAPI and metrics.
+
+docs/architecture.md lists the modules, one line each.
+"""
 
 from service.web.app import create_app
 

@@ -64,8 +64,14 @@ def next_json(cursor: Cursor | None, limit: int | None, path: str) -> dict[str, 
     return {
         "after": cursor.after,
         "behind": {name: position for name, position in cursor.behind},
-        "href": f"{path}?{cursor_params(limit, cursor)}" if limit is not None else None,
+        "href": next_href(path, limit, cursor) if limit is not None else None,
     }
+
+
+def next_href(path: str, limit: int | None, cursor: Cursor) -> str:
+    """The one place a next link is built: a page of ``limit``, or (None) the rest as a stream."""
+    query = cursor_params(limit, cursor)
+    return f"{path}?{query}" if query else path
 
 
 def envelope_json(collection: Collection, limit: int | None = None, path: str = "") -> bytes:
@@ -83,8 +89,7 @@ def stream_summary(collection: Collection, limit: int | None, path: str) -> byte
     body = summary(collection, limit, path)
     body["interrupted"] = collection.interrupted
     if collection.next is not None and body["next"]["href"] is None:
-        query = cursor_params(None, collection.next)
-        body["next"]["href"] = f"{path}?{query}" if query else path
+        body["next"]["href"] = next_href(path, None, collection.next)
     return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 

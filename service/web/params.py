@@ -56,6 +56,15 @@ def parse_id(text: str) -> int:
     return parse_int("id", text, MIN_ID + 1, MAX_ID)
 
 
+def query_for_id(wanted: int) -> Query:
+    """The query for exactly one id: the window ``(wanted - 1, wanted]``.
+
+    Sources prune by window, so only those whose declared ranges hold the id are
+    asked; ``parse_id``'s lower bound keeps ``wanted - 1`` a 64-bit integer.
+    """
+    return Query(after=wanted - 1, until=wanted)
+
+
 def parse_int(name: str, text: str, low: int, high: int) -> int:
     """An integer in ``[low, high]``, written in plain decimal."""
     stripped = text[1:] if text.startswith("-") else text

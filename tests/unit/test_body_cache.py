@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.core import Collection, Row
-from service.web.app import BodyCache
+from service.web.bodycache import BodyCache
 
 
 def collection_of(rows: int, name: str = "x") -> Collection:

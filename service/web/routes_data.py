@@ -1,0 +1,168 @@
+"""The data routes: ``/collect-data`` (list, page, envelope or stream) and one id."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from http import HTTPStatus
+
+import trio
+from quart import Response, request
+from werkzeug.routing import PathConverter
+
+from service.core import Collection, Collector, Query
+from service.logs import request_fields
+from service.web import formats, negotiation, problems
+from service.web.admission import Admission
+from service.web.bodycache import BodyCache
+from service.web.params import ParamError, parse_id, parse_query, query_for_id
+from service.web.problems import Reply
+
+#: Rows per server-side cursor batch when streaming: memory is bounded by the
+#: number of sources times this, while each batch is large enough that the
+#: round trip to the database is amortised over many rows.
+STREAM_BATCH = 5000
+
+Collect = Callable[[Query], Awaitable[Collection]]
+
+
+class AnySegment(PathConverter):
+    """Everything after the prefix, control characters included.
+
+    Werkzeug's ``path`` pattern stops at a newline, so ``/collect-data/%0a1`` would
+    be an unknown path (a generic 404) rather than the bad id it is (a 400).
+    """
+
+    regex = "(?s:.+)"
+
+
+def report(collection: Collection) -> None:
+    """Tell the access line how complete the answer was."""
+    fields = request_fields.get()
+    if fields is not None:
+        fields["complete"] = collection.complete
+        fields["missing"] = list(collection.missing)
+
+
+class DataRoutes:
+    """The handlers of the data endpoints, with what they need passed in.
+
+    ``collect`` answers a query (the collector's, or the coalescer's in front of
+    it); ``collector`` streams; ``admission`` caps the requests in progress.
+    """
+
+    def __init__(
+        self,
+        collector: Collector,
+        collect: Collect,
+        admission: Admission,
+        *,
+        bodies: BodyCache | None = None,
+        draining: trio.Event | None = None,
+    ) -> None:
+        self.collector = collector
+        self.collect = collect
+        self.admission = admission
+        self.bodies = bodies or BodyCache()
+        self.draining = draining
+        self.source_names = frozenset(s.name for s in collector.sources)
+
+    async def collect_data(self) -> Reply | Response:
+        """Every row of every source that answered, or a page of them, or a stream."""
+        try:
+            query = parse_query(request.args.items(multi=True), self.source_names)
+        except ParamError as error:
+            return problems.bad_param(error)
+        media_type = negotiation.negotiate(request, formats.NDJSON)
+        if media_type is None:
+            return problems.not_acceptable(request.path, negotiation.offered(formats.NDJSON))
+        if media_type == formats.NDJSON:
+            if not self.admission.enter():
+                return problems.overloaded(self.admission.limit)
+            return self.ndjson_response(query)
+        collection = await self.admitted_collect(query)
+        if collection is None:
+            return problems.overloaded(self.admission.limit)
+        headers = formats.collection_headers(collection)
+        if collection.next is not None and query.limit is not None:
+            link = formats.next_href(request.path, query.limit, collection.next)
+            headers["Link"] = f'<{link}>; rel="next"'
+        strict = negotiation.strict_problem(request, collection, headers)
+        if strict is not None:
+            return strict
+        if media_type == formats.ENVELOPE_JSON:
+            body = formats.envelope_json(collection, query.limit, request.path)
+        else:
+            body = self.bodies.rows_json(collection)
+        headers["Content-Type"] = media_type
+        return body, HTTPStatus.OK, headers
+
+    async def collect_one(self, row_id: str) -> Reply:
+        """The row with one id, asking only the sources whose declared ranges hold it."""
+        try:
+            wanted = parse_id(row_id)
+        except ParamError as error:
+            return problems.bad_param(error)
+        if request.args:
+            return problems.bad_param(ParamError(next(iter(request.args)), "unknown parameter"))
+        media_type = negotiation.negotiate(request)
+        if media_type is None:
+            return problems.not_acceptable(request.path, negotiation.offered())
+        collection = await self.admitted_collect(query_for_id(wanted))
+        if collection is None:
+            return problems.overloaded(self.admission.limit)
+        headers = formats.collection_headers(collection)
+        strict = negotiation.strict_problem(request, collection, headers)
+        if strict is not None:
+            return strict
+        if not collection.rows:
+            body, code, problem_headers = problems.absent_row(wanted, collection)
+            return body, code, {**headers, **problem_headers}
+        if media_type == formats.ENVELOPE_JSON:
+            found = formats.envelope_json(collection, None, request.path)
+        else:
+            found = formats.row_json(collection.rows[0])
+        headers["Content-Type"] = media_type
+        return found, HTTPStatus.OK, headers
+
+    async def admitted_collect(self, query: Query) -> Collection | None:
+        """The collection, or None when the admission cap is reached (answer 503)."""
+        if not self.admission.enter():
+            return None
+        try:
+            collection = await self.collect(query)
+        finally:
+            self.admission.leave()
+        report(collection)
+        return collection
+
+    def ndjson_response(self, query: Query) -> Response:
+        """The streamed answer; the admission taken by the caller ends with the stream."""
+        response = Response(
+            self.ndjson_lines(query, request.path),
+            status=HTTPStatus.OK,
+            content_type=formats.NDJSON,
+            headers={"Vary": negotiation.VARY, "Cache-Control": "no-store"},
+        )
+        # Quart would cut the body at RESPONSE_TIMEOUT, mid-stream and without the
+        # summary; a stream runs as long as its client reads (the write guard
+        # disconnects a client that stops) and every batch has its own deadline.
+        response.timeout = None
+        return response
+
+    async def ndjson_lines(self, query: Query, path: str) -> AsyncIterator[bytes]:
+        """Rows batch by batch, then the summary line; leaves the admission at the end."""
+        fields = request_fields.get()
+        try:
+            stream = self.collector.stream(query, STREAM_BATCH, stop=self.draining)
+            async with aclosing(stream) as items:
+                async for item in items:
+                    if isinstance(item, Collection):
+                        if fields is not None:
+                            fields["complete"] = item.complete
+                            fields["interrupted"] = item.interrupted
+                        yield formats.stream_summary(item, query.limit, path)
+                    else:
+                        yield formats.ndjson_rows(item)
+        finally:
+            self.admission.leave()
