@@ -35,9 +35,9 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import PathConverter
 
-from service.coalesce import Coalescer
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_RESPONSE_TIMEOUT
 from service.core import Collection, Collector, Query
+from service.core.coalesce import Coalescer
 from service.logs import request_fields, request_id
 from service.memory import MemoryReleaser
 from service.web import formats, openapi

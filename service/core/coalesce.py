@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from service.core import Collection, Query
+from service.core.model import Collection, Query
 
 #: Longest a group waits for an earlier fan-out of the same query to end before it
 #: starts its own anyway. A slow source must not stack one deadline on another.
