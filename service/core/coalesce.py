@@ -110,8 +110,8 @@ class Coalescer:
                 self._close(query, group)  # from here on, a new request opens a new group
                 reading = self._reading[query] = trio.Event()
                 self.fan_outs += 1
-                budget = self._timeout - (trio.current_time() - group.opened)
-                group.result = await self._collect(query, budget=budget)
+                seconds_left = self._timeout - (trio.current_time() - group.opened)
+                group.result = await self._collect(query, seconds_left=seconds_left)
         finally:
             self._close(query, group)
             if reading is not None:

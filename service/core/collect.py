@@ -16,7 +16,6 @@ the page ends after ``limit`` rows, with a cursor to the next one (paging.py).
 from __future__ import annotations
 
 import heapq
-import logging
 import operator
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from functools import partial
@@ -26,13 +25,11 @@ import trio
 
 from service.core.breaker import BreakerState
 from service.core.declared import DeclaredIds
-from service.core.guard import Guard, OutcomeObserver, attempt, count_outside
+from service.core.guard import Guard, OutcomeObserver, attempt
 from service.core.model import Collection, Outcome, Probe, Query, Row, Status
 from service.core.paging import next_cursor
 from service.core.ports import Member, Source
 from service.core.stream import merge_streams
-
-log = logging.getLogger("collector.core")
 
 
 class Collector:
@@ -76,16 +73,18 @@ class Collector:
         return {g.name: g.breaker.state for g in self._guards}
 
     async def collect(
-        self, query: Query | None = None, *, budget: float | None = None
+        self, query: Query | None = None, *, seconds_left: float | None = None
     ) -> Collection:
         """Ask every source concurrently and return whatever arrived in time.
 
-        Each source may take the timeout, or ``budget`` seconds when the caller has
+        Each source may take the timeout, or ``seconds_left`` when the caller has
         already spent part of its deadline (a coalesced request that waited).
         Never raises because of a source: every failure becomes an outcome.
         """
         query = query or Query()
-        budget = self._timeout if budget is None else max(0.0, min(budget, self._timeout))
+        seconds = self._timeout
+        if seconds_left is not None:
+            seconds = max(0.0, min(seconds_left, self._timeout))
         # Each child task writes only its own slot, so no locking is needed, and
         # each child catches every error its source can raise. That is what keeps
         # the nursery from ever cancelling siblings: one broken source cannot take
@@ -95,7 +94,7 @@ class Collector:
         results: list[tuple[Outcome, Sequence[Row]] | None] = [None] * len(self._guards)
         async with trio.open_nursery() as nursery:
             for index, guard in enumerate(self._guards):
-                nursery.start_soon(self._fetch_one, guard, index, query, budget, results)
+                nursery.start_soon(self._fetch_one, guard, index, query, seconds, results)
         outcomes: list[Outcome] = []
         batches: list[Sequence[Row]] = []
         for result in results:
@@ -157,11 +156,10 @@ class Collector:
         guard: Guard,
         index: int,
         query: Query,
-        budget: float,
+        seconds: float,
         results: list[tuple[Outcome, Sequence[Row]] | None],
     ) -> None:
-        member, breaker, source = guard.member, guard.breaker, guard.source
-        window = query.window_for(source.name)
+        window = query.window_for(guard.name)
         start = trio.current_time()
         rows: Sequence[Row] = ()
         admission = guard.admit(window)
@@ -170,52 +168,14 @@ class Collector:
             status, error = admission
         else:
             permit = admission
-            try:
-                status, rows, error = await attempt(partial(source.fetch, window), budget)
-            except BaseException:
-                breaker.release(permit)  # cancelled from outside: no verdict on the source
-                raise
-        if status is Status.PRUNED:
-            # No id it could hold is asked for: no connection, no breaker verdict.
-            outcome = Outcome(source.name, Status.PRUNED, 0, 0.0, breaker=breaker.state)
-            guard.notify(outcome)
-            results[index] = (outcome, rows)
-            return
+            fetch = partial(guard.source.fetch, window)
+            status, rows, error = await guard.ask(permit, fetch, seconds)
         duration = trio.current_time() - start
-        out_of_range = 0
-        if status is Status.OK:
-            if member.ids is not None:
-                out_of_range = count_outside(rows, member.ids)
-        elif status is not Status.SKIPPED:
-            # A skip is not logged per request: the breaker's opening was, once.
-            log.warning(
-                "source %s %s after %.1f ms: %s",
-                source.name,
-                status,
-                duration * 1000,
-                error,
-                extra={"source": source.name, "status": str(status), "reason": error},
-            )
-        if permit is not None:
-            guard.judge(permit, status)
-        outcome = Outcome(
-            source=source.name,
-            status=status,
-            rows=len(rows),
-            duration=duration,
-            error=error,
-            breaker=breaker.state,
-            missing_ids=guard.trusted_ranges() if status is not Status.OK else None,
-            out_of_range=out_of_range,
+        guard.verdict(permit, status, error, duration=duration, rows=len(rows))
+        stray = guard.count_stray(rows) if status is Status.OK else 0
+        outcome = guard.outcome(
+            status, rows=len(rows), duration=duration, error=error, out_of_range=stray
         )
-        if out_of_range:
-            log.warning(
-                "source %s served %d rows outside its declared ids",
-                source.name,
-                out_of_range,
-                extra={"source": source.name, "out_of_range": out_of_range},
-            )
-        guard.notify(outcome)
         results[index] = (outcome, rows)
 
 

@@ -17,7 +17,7 @@ import trio
 
 from service.core.breaker import BreakerState, CircuitBreaker, Permit
 from service.core.declared import DeclaredIds, IdsState
-from service.core.model import IdRanges, Outcome, Row, Status, Window
+from service.core.model import IdRanges, Outcome, Row, Status, Window, clip_ranges
 from service.core.ports import Member, SourceError, describe_error
 
 log = logging.getLogger("collector.core")
@@ -56,12 +56,93 @@ class Guard:
             return Status.SKIPPED, f"circuit open after {failures} failures in a row"
         return permit
 
-    def judge(self, permit: Permit, status: Status) -> None:
-        """Give the breaker its verdict on one permitted call, logging a change of state."""
+    async def ask(
+        self, permit: Permit, call: Callable[[], Awaitable[Sequence[Row]]], seconds: float
+    ) -> tuple[Status, Sequence[Row], str | None]:
+        """Run one permitted call under ``seconds``; hand the permit back if cancelled."""
+        try:
+            return await attempt(call, seconds)
+        except BaseException:
+            self.breaker.release(permit)  # cancelled from outside: no verdict on the source
+            raise
+
+    def verdict(
+        self,
+        permit: Permit | None,
+        status: Status,
+        error: str | None,
+        *,
+        duration: float,
+        rows: int,
+    ) -> None:
+        """Log how a call to the source failed, then give its breaker the verdict.
+
+        Called once per permitted fetch, and once per stream when its source stops
+        giving rows, so a stream and a plain request log and trip the breaker alike.
+        A skip is not logged per request: the breaker's opening was, once.
+        """
+        if status in (Status.TIMEOUT, Status.ERROR):
+            log.warning(
+                "source %s %s after %.1f ms: %s",
+                self.name,
+                status,
+                duration * 1000,
+                error,
+                extra={"source": self.name, "status": str(status), "reason": error, "rows": rows},
+            )
+        if permit is None:
+            return
         before = self.breaker.state
         self.breaker.record(permit, success=status is Status.OK)
         if self.breaker.state is not before:
             log_breaker_change(self.name, before, self.breaker)
+
+    def count_stray(self, rows: Sequence[Row]) -> int:
+        """How many of ``rows`` lie outside the ranges the source declares (0 if none)."""
+        return 0 if self.member.ids is None else count_outside(rows, self.member.ids)
+
+    def outcome(
+        self,
+        status: Status,
+        *,
+        rows: int,
+        duration: float,
+        error: str | None,
+        out_of_range: int = 0,
+        resumes_after: int | None = None,
+    ) -> Outcome:
+        """The source's outcome, logged if it served stray rows and handed to observers.
+
+        ``resumes_after`` is the id after which the source's rows went missing (a
+        stream that failed part way): only its declared ids above it are missing.
+        """
+        if status is Status.PRUNED:
+            # No id it could hold was asked for: no connection, no breaker verdict.
+            outcome = Outcome(self.name, status, 0, 0.0, breaker=self.breaker.state)
+        else:
+            missing = None
+            if status is not Status.OK:
+                ranges = self.trusted_ranges()
+                missing = None if ranges is None else clip_ranges(ranges, resumes_after)
+            outcome = Outcome(
+                self.name,
+                status,
+                rows,
+                duration,
+                error,
+                self.breaker.state,
+                missing,
+                out_of_range,
+            )
+        if out_of_range:
+            log.warning(
+                "source %s served %d rows outside its declared ids",
+                self.name,
+                out_of_range,
+                extra={"source": self.name, "out_of_range": out_of_range},
+            )
+        self.notify(outcome)
+        return outcome
 
     def trusted_ranges(self) -> IdRanges | None:
         """The ranges that say what a failed source's absence hides; None once violated.
@@ -105,7 +186,7 @@ def log_breaker_change(name: str, before: BreakerState, breaker: CircuitBreaker)
 
 
 async def attempt(
-    call: Callable[[], Awaitable[Sequence[Row] | None]], budget: float
+    call: Callable[[], Awaitable[Sequence[Row] | None]], seconds: float
 ) -> tuple[Status, Sequence[Row], str | None]:
     """Run one source call under the deadline; every way it can end becomes a status.
 
@@ -114,8 +195,8 @@ async def attempt(
     """
     status = Status.TIMEOUT
     rows: Sequence[Row] = ()
-    error: str | None = f"no answer within {budget:g} s"
-    with trio.move_on_after(budget):
+    error: str | None = f"no answer within {seconds:g} s"
+    with trio.move_on_after(seconds):
         try:
             answer = await call()
             rows = answer if answer is not None else ()

@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator, Sequence
 import trio
 
 from service.core.breaker import Permit
-from service.core.guard import Guard, attempt, log
-from service.core.model import Collection, Outcome, Query, Row, Status, Window, clip_ranges
+from service.core.guard import Guard, attempt
+from service.core.model import Collection, Outcome, Query, Row, Status, Window
 from service.core.paging import cursor_at
 from service.core.ports import RowStream
 
@@ -38,6 +38,7 @@ class StreamState:
         self.delivered = 0
         self.last_id: int | None = None
         self.duration = 0.0
+        self.out_of_range = 0
 
     @property
     def position(self) -> int | None:
@@ -61,48 +62,33 @@ class StreamState:
         self.status, batch, self.error = await attempt(self.stream.next_batch, batch_seconds)
         self.batch, self.ids = list(batch), [row.id for row in batch]
         self.duration += trio.current_time() - start
+        self.out_of_range += self.guard.count_stray(self.batch)
         if self.status is not Status.OK or not self.batch:
             self.finished = True
+            self.guard.verdict(
+                self.permit, self.status, self.error, duration=self.duration, rows=self.delivered
+            )
+            self.permit = None
 
     def finish(self) -> None:
-        """Close the cursor and give the breaker its verdict (or none, if cut short)."""
+        """Close the cursor; a source still giving rows gets no verdict (cut short)."""
         if self.stream is not None:
             self.stream.close()
             self.stream = None
         if self.permit is not None:
-            if self.finished:
-                self.guard.breaker.record(self.permit, success=self.status is Status.OK)
-            else:
-                self.guard.breaker.release(self.permit)  # the client stopped reading first
+            self.guard.breaker.release(self.permit)  # the client stopped reading first
             self.permit = None
 
     def outcome(self) -> Outcome:
-        """What this source contributed to the stream."""
-        guard = self.guard
-        missing = None
-        if not self.status.answered:
-            log.warning(
-                "source %s %s mid-stream after %d rows: %s",
-                guard.name,
-                self.status,
-                self.delivered,
-                self.error,
-                extra={"source": guard.name, "status": str(self.status), "reason": self.error},
-            )
-            ranges = guard.trusted_ranges()
-            if ranges is not None:
-                missing = clip_ranges(ranges, self.position)
-        outcome = Outcome(
-            source=guard.name,
-            status=self.status,
+        """What this source contributed to the stream: only ids after its last row are missing."""
+        return self.guard.outcome(
+            self.status,
             rows=self.delivered,
             duration=self.duration,
             error=self.error,
-            breaker=guard.breaker.state,
-            missing_ids=missing,
+            out_of_range=self.out_of_range,
+            resumes_after=self.position,
         )
-        guard.notify(outcome)
-        return outcome
 
 
 async def merge_streams(

@@ -1,0 +1,75 @@
+"""One guard for every kind of collection: plain and streamed requests judge sources alike."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from service.core import BreakerSettings, BreakerState, Collector, Member, Query, Status
+from tests.support.collecting import read_stream
+from tests.unit.fakes import FakeSource, rows
+
+TIMEOUT = 2.0
+
+
+def declared_members() -> list[Member]:
+    """One source with a stray row outside its ranges, one that fails, one that is fine."""
+    return [
+        Member(FakeSource("stray", rows(1, 2, 3, 50)), ids=((1, 10),)),
+        Member(FakeSource("down", error=OSError("down")), ids=((11, 20),)),
+        Member(FakeSource("fine", rows(21, 22)), ids=((21, 30),)),
+    ]
+
+
+async def test_a_stream_and_a_plain_request_give_the_same_outcomes_for_the_same_data(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    plain = await Collector(declared_members(), TIMEOUT).collect(Query())
+    _, streamed = await read_stream(Collector(declared_members(), TIMEOUT), Query(), batch=2)
+    assert [o.out_of_range for o in plain.outcomes] == [1, 0, 0]
+    assert [o.status for o in plain.outcomes] == [Status.OK, Status.ERROR, Status.OK]
+    assert streamed.outcomes == plain.outcomes
+    assert streamed.missing_ids == plain.missing_ids == ((11, 20),)
+
+
+def core_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "collector.core"]
+
+
+async def test_a_stream_and_a_plain_request_log_and_trip_the_breaker_alike(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="collector.core")
+    logs: list[list[str]] = []
+    states: list[BreakerState] = []
+    for streamed in (False, True):
+        caplog.clear()
+        source = FakeSource("down", error=OSError("down"))
+        collector = Collector([Member(source, breaker=BreakerSettings(failures=2))], TIMEOUT)
+        for _ in range(3):
+            if streamed:
+                await read_stream(collector, Query(), batch=5)
+            else:
+                await collector.collect(Query())
+        logs.append(core_messages(caplog))
+        states.append(collector.breaker_states()["down"])
+    assert logs[0] == [
+        "source down error after 0.0 ms: OSError: down",
+        "source down error after 0.0 ms: OSError: down",
+        "source down failed 2 times in a row: circuit open, skipped for 10 s",
+    ]
+    assert logs[1] == logs[0]
+    assert states == [BreakerState.OPEN, BreakerState.OPEN]
+
+
+async def test_a_stream_counts_out_of_range_rows_of_every_batch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    source = FakeSource("stray", rows(*range(1, 16), 90, 91, 92))
+    collector = Collector([Member(source, ids=((1, 20),))], TIMEOUT)
+    merged, summary = await read_stream(collector, Query(), batch=4)
+    assert len(merged) == 18
+    (outcome,) = summary.outcomes
+    assert (outcome.status, outcome.rows, outcome.out_of_range) == (Status.OK, 18, 3)
