@@ -201,11 +201,13 @@ async def attempt(
             answer = await call()
             rows = answer if answer is not None else ()
             check_order(rows)
-        except TimeoutError as exc:
-            # A driver's own timeout is set just below ours, so it can fire first.
-            rows, error = (), describe_error(exc)
         except Exception as exc:
-            status, rows, error = Status.ERROR, (), describe_error(exc)
+            # Raised while the request around the call is being cancelled (a driver
+            # whose connection is torn down), it is that cancellation: no verdict.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # A driver's own timeout is set just below ours, so it can fire first.
+            status = Status.TIMEOUT if isinstance(exc, TimeoutError) else Status.ERROR
+            rows, error = (), describe_error(exc)
         else:
             status, error = Status.OK, None
     return status, rows, error

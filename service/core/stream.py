@@ -100,15 +100,15 @@ async def merge_streams(
 ) -> AsyncGenerator[list[Row] | Collection, None]:
     """Yield the merged rows in chunks of ``batch_size``, then the summary."""
     states = [StreamState(guard, query.window_for(guard.name)) for guard in guards]
-    async with trio.open_nursery() as nursery:  # open every cursor at once
-        for state in states:
-            nursery.start_soon(state.start, batch_size, batch_seconds)
-    heap = [(st.batch[0].id, i, 0) for i, st in enumerate(states) if st.batch]
-    heapq.heapify(heap)
     chunk: list[Row] = []
     rows_left = query.limit
     interrupted = None
-    try:
+    try:  # from the opening on: a client gone at any point closes every cursor
+        async with trio.open_nursery() as nursery:  # open every cursor at once
+            for state in states:
+                nursery.start_soon(state.start, batch_size, batch_seconds)
+        heap = [(st.batch[0].id, i, 0) for i, st in enumerate(states) if st.batch]
+        heapq.heapify(heap)
         while heap and (rows_left is None or rows_left > 0):
             if stop is not None and stop.is_set():
                 interrupted = "shutdown"

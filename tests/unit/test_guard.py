@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 
 import pytest
 import trio
@@ -73,3 +74,67 @@ async def test_a_stream_counts_out_of_range_rows_of_every_batch(
     assert len(merged) == 18
     (outcome,) = summary.outcomes
     assert (outcome.status, outcome.rows, outcome.out_of_range) == (Status.OK, 18, 3)
+
+
+DISCONNECT_ERRORS = [None, ConnectionResetError(104, "Connection reset by peer")]
+
+
+@pytest.mark.parametrize("on_cancel", DISCONNECT_ERRORS, ids=["cancelled", "driver-error"])
+async def test_five_disconnects_in_a_row_leave_a_healthy_source_closed(
+    autojump_clock: trio.abc.Clock, on_cancel: Exception | None
+) -> None:
+    source = FakeSource("slow", rows(1, 2), delay=1.0)
+    source.error_on_cancel = on_cancel
+    collector = Collector([Member(source, breaker=BreakerSettings(failures=5))], TIMEOUT)
+    for _ in range(5):
+        with trio.move_on_after(0.5):  # the client goes away mid-fetch
+            await collector.collect(Query())
+    assert source.cancelled == 5
+    assert collector.breaker_states() == {"slow": BreakerState.CLOSED}
+    collection = await collector.collect(Query())
+    assert collection.complete
+    assert [row.id for row in collection.rows] == [1, 2]
+
+
+async def read_all(collector: Collector, query: Query) -> None:
+    async with aclosing(collector.stream(query, batch_size=1)) as items:
+        async for _ in items:
+            pass
+
+
+@pytest.mark.parametrize("on_cancel", DISCONNECT_ERRORS, ids=["cancelled", "driver-error"])
+async def test_five_streams_abandoned_in_a_row_leave_a_healthy_source_closed(
+    autojump_clock: trio.abc.Clock, on_cancel: Exception | None
+) -> None:
+    source = FakeSource("slow", rows(1, 2, 3), delay=1.0)
+    source.error_on_cancel = on_cancel
+    collector = Collector([Member(source, breaker=BreakerSettings(failures=5))], TIMEOUT)
+    for wait in (0.5, 1.5, 2.5, 0.5, 1.5):  # at the opening batch, or later ones
+        with trio.move_on_after(wait):
+            await read_all(collector, Query())
+    assert source.cancelled == 5
+    assert all(stream.closed for stream in source.streams)
+    assert collector.breaker_states() == {"slow": BreakerState.CLOSED}
+    merged, summary = await read_stream(collector, Query(), batch=2)
+    assert summary.complete
+    assert [row.id for row in merged] == [1, 2, 3]
+
+
+async def test_a_stream_abandoned_during_its_trial_hands_the_trial_on(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    source = FakeSource("flaky", rows(1), error=OSError("down"))
+    collector = Collector(
+        [Member(source, breaker=BreakerSettings(failures=1, cooldown=5))], TIMEOUT
+    )
+    await collector.collect(Query())
+    assert collector.breaker_states() == {"flaky": BreakerState.OPEN}
+    await trio.sleep(5)
+    source.error, source.delay = None, 1.0
+    with trio.move_on_after(0.5):  # the trial's client goes away while the cursor opens
+        await read_all(collector, Query())
+    assert all(stream.closed for stream in source.streams)
+    merged, summary = await read_stream(collector, Query(), batch=2)
+    assert [o.status for o in summary.outcomes] == [Status.OK]
+    assert collector.breaker_states() == {"flaky": BreakerState.CLOSED}
+    assert [row.id for row in merged] == [1]
