@@ -76,6 +76,30 @@ async def test_a_stream_counts_out_of_range_rows_of_every_batch(
     assert (outcome.status, outcome.rows, outcome.out_of_range) == (Status.OK, 18, 3)
 
 
+async def test_a_stream_misses_only_the_ids_after_its_last_delivered_row(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    source = FakeSource("cut", rows(*range(1, 101)), error=OSError("reset"))
+    source.fail_at_batch = 2  # two batches of ten arrive, then the source fails
+    collector = Collector([Member(source, ids=((1, 100), (201, 300)))], TIMEOUT)
+    merged, summary = await read_stream(collector, Query(), batch=10)
+    assert [row.id for row in merged] == list(range(1, 21))
+    (outcome,) = summary.outcomes
+    assert (outcome.status, outcome.rows) == (Status.ERROR, 20)
+    assert outcome.missing_ids == ((21, 100), (201, 300))
+    assert summary.missing_ids == ((21, 100), (201, 300))
+
+
+async def test_a_stream_failing_at_once_misses_its_ranges_above_the_window(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    source = FakeSource("down", rows(*range(1, 101)), error=OSError("down"))
+    collector = Collector([Member(source, ids=((1, 100),))], TIMEOUT)
+    merged, summary = await read_stream(collector, Query(after=40), batch=10)
+    assert merged == []
+    assert summary.outcomes[0].missing_ids == ((41, 100),)
+
+
 DISCONNECT_ERRORS = [None, ConnectionResetError(104, "Connection reset by peer")]
 
 
