@@ -3,9 +3,8 @@
 Layout::
 
     web/          HTTP layer (Quart-Trio): routes, parameters, wire formats, OpenAPI, metrics
-    core.py       fan-out and merge: the Source protocol, deadlines, outcomes, pages, streams
-    breaker.py    per-source circuit breaker
-    coalesce.py   identical requests arriving together share one fan-out
+    core/         fan-out and merge: the Source protocol, the per-source guard, outcomes,
+                  pages, streams, circuit breakers, coalescing (no HTTP, no SQL)
     sources/      Source implementations (raw SQL, ORM) and the asyncio bridge
     config.py     the TOML config file and its validation
     logs.py       JSON log lines carrying the request id

@@ -38,9 +38,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from service.breaker import BreakerSettings
-from service.coalesce import DEFAULT_LINGER, MAX_WAIT
 from service.core import IdRanges
+from service.core.breaker import BreakerSettings
+from service.core.coalesce import DEFAULT_LINGER, MAX_WAIT
 from service.dsn import DsnError, check_dsn, dsn_secrets, redact_dsn
 
 #: Seconds a source may take before it counts as missing (the product's contract).

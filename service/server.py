@@ -29,9 +29,9 @@ from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 
 from service import stopping
-from service.coalesce import Coalescer
 from service.config import Config
 from service.core import Collector
+from service.core.coalesce import Coalescer
 from service.dbinit import init_source
 from service.logs import setup_logging
 from service.sources import open_sources

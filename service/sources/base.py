@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from service.core import IdRanges, Row, SourceError, Window, describe_error
-from service.declared import gaps
+from service.core.declared import gaps
 from service.sources.bridge import AsyncioBridge
 
 T = TypeVar("T")

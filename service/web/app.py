@@ -21,9 +21,9 @@ import trio
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from service.coalesce import Coalescer
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_RESPONSE_TIMEOUT
 from service.core import Collector
+from service.core.coalesce import Coalescer
 from service.memory import MemoryReleaser
 from service.web import openapi, problems
 from service.web.admission import Admission

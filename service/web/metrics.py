@@ -38,9 +38,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as MetricsCollector
 
-from service.breaker import BreakerState
 from service.core import Outcome
-from service.declared import IdsState
+from service.core.breaker import BreakerState
+from service.core.declared import IdsState
 
 #: Bucket bounds in seconds: fine-grained where healthy sources answer, and around
 #: the 2 s default deadline where timeouts land.

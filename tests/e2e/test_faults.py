@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from service.breaker import BreakerSettings
 from service.config import Access, Config, SourceConfig
+from service.core.breaker import BreakerSettings
 from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import fault_on, running_server, write_config
 from tests.e2e.conftest import proxied_service as serve_proxied

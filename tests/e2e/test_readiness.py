@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.breaker import BreakerSettings
 from service.config import Config
+from service.core.breaker import BreakerSettings
 from tests.e2e.conftest import proxied_service as serve_proxied
 from tests.support.faultproxy import Mode, ProxyFactory
 

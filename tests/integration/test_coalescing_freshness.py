@@ -6,9 +6,9 @@ import pytest
 import trio
 import trio.lowlevel
 
-from service.coalesce import Coalescer
 from service.config import Config
 from service.core import Collector, Query
+from service.core.coalesce import Coalescer
 from service.sources import open_sources
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg

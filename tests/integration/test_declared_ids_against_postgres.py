@@ -13,7 +13,7 @@ import pytest
 
 from service.config import Config
 from service.core import Query, Status
-from service.declared import IdsState, gaps
+from service.core.declared import IdsState, gaps
 from service.sources.bridge import AsyncioBridge
 from service.sources.raw import lowest_in_sql
 from tests.support import pg

@@ -39,6 +39,9 @@ class FakeSource:
         self.ping_delay = 0.0
         self.check_delay = 0.0
         self.check_error: BaseException | None = None
+        self.error_on_cancel: Exception | None = None
+        """Raised instead of the cancellation when a call is cancelled, as a driver
+        whose connection is torn down mid-query may do."""
 
     @property
     def name(self) -> str:
@@ -49,11 +52,7 @@ class FakeSource:
         window = window or Window()
         self.calls += 1
         self.windows.append(window)
-        try:
-            await trio.sleep(self.delay)
-        except trio.Cancelled:
-            self.cancelled += 1
-            raise
+        await self.wait(self.delay)
         if self.error is not None:
             raise self.error
         rows = [
@@ -63,6 +62,16 @@ class FakeSource:
             and (window.until is None or row.id <= window.until)
         ]
         return rows[: window.limit]
+
+    async def wait(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, counting a cancellation (and translating it, if asked)."""
+        try:
+            await trio.sleep(delay)
+        except trio.Cancelled:
+            self.cancelled += 1
+            if self.error_on_cancel is not None:
+                raise self.error_on_cancel from None
+            raise
 
     async def ping(self) -> None:
         self.pings += 1
@@ -107,7 +116,7 @@ class FakeStream:
         source.streams.append(self)
 
     async def next_batch(self) -> list[Row]:
-        await trio.sleep(self.source.delay)
+        await self.source.wait(self.source.delay)
         if self.source.error is not None and self.source.fail_at_batch is None:
             raise self.source.error
         if self.source.fail_at_batch == self.batches:

@@ -5,8 +5,8 @@ import logging
 import pytest
 import trio
 
-from service.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from service.core import Collector, Member, Status
+from service.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from tests.unit.fakes import FakeSource, rows
 
 SETTINGS = BreakerSettings(failures=3, cooldown=10.0)

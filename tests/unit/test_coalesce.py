@@ -4,8 +4,8 @@ import pytest
 import trio
 import trio.testing
 
-from service.coalesce import MAX_WAIT, Coalescer
 from service.core import Collector, Query
+from service.core.coalesce import MAX_WAIT, Coalescer
 from tests.unit.fakes import FakeSource, rows
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from service.coalesce import DEFAULT_LINGER
 from service.config import DEFAULT_POOL_SIZE, Access, ConfigError, load_config, redact_dsn
+from service.core.coalesce import DEFAULT_LINGER
 
 VALID = """
 timeout = 1.5

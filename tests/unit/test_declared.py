@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from service.core import Collector, Member, Query, Status
-from service.declared import HIGHEST_ID, LOWEST_ID, IdsState, gaps
+from service.core.declared import HIGHEST_ID, LOWEST_ID, IdsState, gaps
 from tests.unit.fakes import FakeSource, rows
 
 TIMEOUT = 2.0

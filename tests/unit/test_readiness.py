@@ -7,8 +7,8 @@ import json
 import pytest
 import trio
 
-from service.breaker import BreakerSettings
 from service.core import Collector, Member, Query, Status
+from service.core.breaker import BreakerSettings
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 

@@ -9,7 +9,7 @@ import pytest
 from quart_trio import QuartTrio
 
 from service.core import Collector, Member
-from service.declared import IdsState
+from service.core.declared import IdsState
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from service.core import Collection, Query
+from service.core.model import Collection, Query
 
 #: Longest a group waits for an earlier fan-out of the same query to end before it
 #: starts its own anyway. A slow source must not stack one deadline on another.
@@ -110,8 +110,8 @@ class Coalescer:
                 self._close(query, group)  # from here on, a new request opens a new group
                 reading = self._reading[query] = trio.Event()
                 self.fan_outs += 1
-                budget = self._timeout - (trio.current_time() - group.opened)
-                group.result = await self._collect(query, budget=budget)
+                seconds_left = self._timeout - (trio.current_time() - group.opened)
+                group.result = await self._collect(query, seconds_left=seconds_left)
         finally:
             self._close(query, group)
             if reading is not None:
