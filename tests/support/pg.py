@@ -199,9 +199,14 @@ class Admin:
         )
 
     async def active_queries(self, application_name: str) -> int:
-        """Our queries still running (or holding a transaction) in the server."""
+        """Our queries still running (or holding a transaction) in this database.
+
+        Only this database's: other test runs on the same server use the same
+        application names for their own sources.
+        """
         count = await self.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'",
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = $1 AND state <> 'idle' AND datname = current_database()",
             application_name,
         )
         assert isinstance(count, int)
