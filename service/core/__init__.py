@@ -1,7 +1,7 @@
 """The core: fan a question out to every source, guard each one, merge the answers by id.
 
 It knows nothing of HTTP or SQL. The rooms: ``model`` (values), ``ports`` (what a
-source is, and how it may fail), ``guard`` (one source's admission, deadline,
+source is, and how it may fail), ``guard`` (one source's clearance, deadline,
 breaker verdict and outcome), ``collect`` (plain and paged requests), ``stream``
 (the streaming merge), ``paging`` (cursors), ``breaker``, ``coalesce``, ``declared``.
 The names below are the ones the rest of the service uses.
@@ -12,7 +12,7 @@ from service.core.collect import Collector, merge_by_id
 from service.core.declared import DeclaredIds, IdsState
 from service.core.guard import Guard, OutcomeObserver, attempt, check_order, count_outside
 from service.core.model import (
-    Collection,
+    Answer,
     Cursor,
     IdRange,
     IdRanges,
@@ -37,10 +37,10 @@ from service.core.ports import (
 
 __all__ = [
     "MAX_ERROR_LENGTH",
+    "Answer",
     "BreakerSettings",
     "BreakerState",
     "CircuitBreaker",
-    "Collection",
     "Collector",
     "Cursor",
     "DeclaredIds",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from service.core.model import Collection, Query
+from service.core.model import Answer, Query
 
 #: Longest a group waits for an earlier fan-out of the same query to end before it
 #: starts its own anyway. A slow source must not stack one deadline on another.
@@ -49,7 +49,7 @@ class _Group:
 
     opened: float
     done: trio.Event = field(default_factory=trio.Event)
-    result: Collection | None = None
+    result: Answer | None = None
     members: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     """Cancelled when every member has gone: nobody is left to answer."""
@@ -60,7 +60,7 @@ class Coalescer:
 
     def __init__(
         self,
-        collect: Callable[..., Awaitable[Collection]],
+        collect: Callable[..., Awaitable[Answer]],
         nursery: trio.Nursery,
         timeout: float,
         *,
@@ -75,7 +75,7 @@ class Coalescer:
         self.fan_outs = 0
         """How many fan-outs ran: fewer than requests when requests were shared."""
 
-    async def collect(self, query: Query) -> Collection:
+    async def collect(self, query: Query) -> Answer:
         """The collection for ``query``, from a fan-out that starts after this call."""
         group = self._open.get(query)
         if group is None:

@@ -26,7 +26,7 @@ import trio
 from service.core.breaker import BreakerState
 from service.core.declared import DeclaredIds
 from service.core.guard import Guard, OutcomeObserver, attempt
-from service.core.model import Collection, Outcome, Probe, Query, Row, Status
+from service.core.model import Answer, Outcome, Probe, Query, Row, Status
 from service.core.paging import next_cursor
 from service.core.ports import Member, Source
 from service.core.stream import merge_streams
@@ -74,7 +74,7 @@ class Collector:
 
     async def collect(
         self, query: Query | None = None, *, seconds_left: float | None = None
-    ) -> Collection:
+    ) -> Answer:
         """Ask every source concurrently and return whatever arrived in time.
 
         Each source may take the timeout, or ``seconds_left`` when the caller has
@@ -105,11 +105,11 @@ class Collector:
         cursor = None
         if query.limit is not None and query.until is None:
             cursor = next_cursor(query, outcomes, batches, rows)
-        return Collection(rows=rows, outcomes=tuple(outcomes), next=cursor)
+        return Answer(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
     def stream(
         self, query: Query, batch_size: int, stop: trio.Event | None = None
-    ) -> AsyncGenerator[list[Row] | Collection, None]:
+    ) -> AsyncGenerator[list[Row] | Answer, None]:
         """Yield the merged rows in chunks as they are merged, then a summary.
 
         Memory stays bounded by the number of sources times ``batch_size``: each
@@ -117,7 +117,7 @@ class Collector:
         is fetched only when the merge has used up the previous one. Every batch
         must arrive within the deadline; a source that fails mid-stream ends its
         contribution there and is reported in the summary, which is the last item
-        (a Collection without rows: outcomes, and the cursor to resume from).
+        (a Answer without rows: outcomes, and the cursor to resume from).
 
         Once ``stop`` is set (shutdown) the stream ends at the next row boundary:
         the summary is then marked interrupted and its cursor resumes after the
@@ -162,12 +162,12 @@ class Collector:
         window = query.window_for(guard.name)
         start = trio.current_time()
         rows: Sequence[Row] = ()
-        admission = guard.admit(window)
+        clearance = guard.clearance(window)
         permit = None
-        if isinstance(admission, tuple):
-            status, error = admission
+        if isinstance(clearance, tuple):
+            status, error = clearance
         else:
-            permit = admission
+            permit = clearance
             fetch = partial(guard.source.fetch, window)
             status, rows, error = await guard.ask(permit, fetch, seconds)
         duration = trio.current_time() - start

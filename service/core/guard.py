@@ -1,4 +1,4 @@
-"""The per-source guard: admission, the deadline, the breaker's verdict, the outcome.
+"""The per-source guard: clearance (pruning, breaker), deadline, verdict and outcome.
 
 Every kind of collection (a plain request, a page, a stream) asks a source only
 through its :class:`Guard`, so all of them prune, skip, time out, count stray rows,
@@ -41,7 +41,7 @@ class Guard:
         self._declared = declared
         self._observers = observers
 
-    def admit(self, window: Window) -> Permit | tuple[Status, str | None]:
+    def clearance(self, window: Window) -> Permit | tuple[Status, str | None]:
         """A permit to ask the source, or why not: pruned by its ranges, or breaker open.
 
         Ranges prune only once they are verified against the table: an unchecked or

@@ -134,7 +134,7 @@ class Probe:
 
 
 @dataclass(frozen=True, slots=True)
-class Collection:
+class Answer:
     """The merged rows of every source that answered, and every source's outcome."""
 
     rows: list[Row]

@@ -6,8 +6,7 @@ again from where it stopped: a partial page never makes the client skip ids.
 
 from __future__ import annotations
 
-from collections.abc import Collection as Collection_
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from service.core.model import Cursor, Outcome, Query, Row
 
@@ -60,7 +59,7 @@ def _rows_taken(batches: Sequence[Sequence[Row]], page: Sequence[Row]) -> list[i
     return used
 
 
-def cursor_at(positions: Sequence[tuple[str, int | None]], done: Collection_[str] = ()) -> Cursor:
+def cursor_at(positions: Sequence[tuple[str, int | None]], done: Collection[str] = ()) -> Cursor:
     """A cursor from per-source positions: the furthest is ``after``, the rest lag.
 
     Sources in ``done`` have nothing left to give, so they are never listed.

@@ -14,7 +14,7 @@ import trio
 
 from service.core.breaker import Permit
 from service.core.guard import Guard, attempt
-from service.core.model import Collection, Outcome, Query, Row, Status, Window
+from service.core.model import Answer, Outcome, Query, Row, Status, Window
 from service.core.paging import cursor_at
 from service.core.ports import RowStream
 
@@ -47,11 +47,11 @@ class StreamState:
 
     async def start(self, batch_size: int, batch_seconds: float) -> None:
         """Open the cursor and read its first batch, unless the source is not to be asked."""
-        admission = self.guard.admit(self.window)
-        if isinstance(admission, tuple):
-            (self.status, self.error), self.finished = admission, True
+        clearance = self.guard.clearance(self.window)
+        if isinstance(clearance, tuple):
+            (self.status, self.error), self.finished = clearance, True
             return
-        self.permit = admission
+        self.permit = clearance
         self.stream = self.guard.source.open_stream(self.window, batch_size)
         await self.advance(batch_seconds)
 
@@ -97,7 +97,7 @@ async def merge_streams(
     batch_size: int,
     batch_seconds: float,
     stop: trio.Event | None,
-) -> AsyncGenerator[list[Row] | Collection, None]:
+) -> AsyncGenerator[list[Row] | Answer, None]:
     """Yield the merged rows in chunks of ``batch_size``, then the summary."""
     states = [StreamState(guard, query.window_for(guard.name)) for guard in guards]
     chunk: list[Row] = []
@@ -157,7 +157,7 @@ async def _take_run(
     return taken
 
 
-def summary(states: Sequence[StreamState], interrupted: str | None) -> Collection:
+def summary(states: Sequence[StreamState], interrupted: str | None) -> Answer:
     """The stream's last item: every source's outcome and the cursor to resume from."""
     outcomes = [state.outcome() for state in states]
     # Sources that delivered everything they hold can start anywhere.
@@ -165,4 +165,4 @@ def summary(states: Sequence[StreamState], interrupted: str | None) -> Collectio
     cursor = None
     if len(done) < len(states):
         cursor = cursor_at([(st.guard.name, st.position) for st in states], done)
-    return Collection(rows=[], outcomes=tuple(outcomes), next=cursor, interrupted=interrupted)
+    return Answer(rows=[], outcomes=tuple(outcomes), next=cursor, interrupted=interrupted)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import deque
 
-from service.core import Collection
+from service.core import Answer
 from service.web import formats
 
 
 class BodyCache:
     """Encodes each collection's body once, however many requests share it.
 
-    Coalesced requests receive the very same Collection object; the cache holds
+    Coalesced requests receive the very same Answer object; the cache holds
     the last few by identity (a collection is never mutated once made). It is
     bounded by bytes, not only by count: an entry keeps its collection's rows
     alive, so a large answer is never kept, and the small ones it is for (a
@@ -26,10 +26,10 @@ class BodyCache:
     MAX_BYTES = 256 * 1024
 
     def __init__(self) -> None:
-        self._entries: deque[tuple[Collection, bytes]] = deque()
+        self._entries: deque[tuple[Answer, bytes]] = deque()
         self._bytes = 0
 
-    def rows_json(self, collection: Collection) -> bytes:
+    def rows_json(self, collection: Answer) -> bytes:
         """The bare-list body of ``collection``."""
         for cached, body in self._entries:
             if cached is collection:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from service.core import Collection, Cursor, IdRanges, Outcome, Probe, Row
+from service.core import Answer, Cursor, IdRanges, Outcome, Probe, Row
 from service.web.params import cursor_params
 
 JSON = "application/json"
@@ -74,13 +74,13 @@ def next_href(path: str, limit: int | None, cursor: Cursor) -> str:
     return f"{path}?{query}" if query else path
 
 
-def envelope_json(collection: Collection, limit: int | None = None, path: str = "") -> bytes:
+def envelope_json(collection: Answer, limit: int | None = None, path: str = "") -> bytes:
     """The rows together with every source's outcome, for clients that want details."""
     rows = orjson.Fragment(rows_json(collection.rows))
     return orjson.dumps({"data": rows, **summary(collection, limit, path)})
 
 
-def stream_summary(collection: Collection, limit: int | None, path: str) -> bytes:
+def stream_summary(collection: Answer, limit: int | None, path: str) -> bytes:
     """The last line of an NDJSON stream: completeness per source, where to resume.
 
     ``interrupted`` says why a stream ended before its rows did (``"shutdown"``);
@@ -93,7 +93,7 @@ def stream_summary(collection: Collection, limit: int | None, path: str) -> byte
     return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def summary(collection: Collection, limit: int | None, path: str) -> dict[str, Any]:
+def summary(collection: Answer, limit: int | None, path: str) -> dict[str, Any]:
     """What the envelope and a stream's last line both say about a collection."""
     return {
         "complete": collection.complete,
@@ -135,7 +135,7 @@ def ranges_json(ranges: IdRanges | None) -> list[list[int]] | None:
     return None if ranges is None else [[first, last] for first, last in ranges]
 
 
-def collection_headers(collection: Collection) -> Headers:
+def collection_headers(collection: Answer) -> Headers:
     """Server-Timing and the completeness headers for a collection."""
     headers = {
         "Server-Timing": server_timing(collection.outcomes),
@@ -171,7 +171,7 @@ def wants_strict(prefer_headers: Iterable[str]) -> bool:
     return False
 
 
-def incomplete_problem(collection: Collection) -> tuple[str, int, Headers]:
+def incomplete_problem(collection: Answer) -> tuple[str, int, Headers]:
     """The 503 answer to a strict request whose result is incomplete."""
     failed = [o for o in collection.outcomes if not o.status.answered]
     listing = ", ".join(f"{o.source} ({o.status.value})" for o in failed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Request
 
-from service.core import Collection
+from service.core import Answer
 from service.web import formats
 from service.web.problems import Reply
 
@@ -25,9 +25,7 @@ def negotiate(request: Request, *extra: str) -> str | None:
     return request.accept_mimetypes.best_match(offered(*extra))
 
 
-def strict_problem(
-    request: Request, collection: Collection, headers: dict[str, str]
-) -> Reply | None:
+def strict_problem(request: Request, collection: Answer, headers: dict[str, str]) -> Reply | None:
     """The 503 that ``Prefer: handling=strict`` turns an incomplete answer into, if any.
 
     Marks ``headers`` as varying on Prefer and, when strictness was asked for,

@@ -12,7 +12,7 @@ from http import HTTPStatus
 from quart import request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from service.core import Collection
+from service.core import Answer
 from service.web import formats
 from service.web.params import ParamError
 
@@ -56,7 +56,7 @@ def unauthorized() -> Reply:
     return body, status, headers
 
 
-def absent_row(wanted: int, collection: Collection) -> Reply:
+def absent_row(wanted: int, collection: Answer) -> Reply:
     """No row with id ``wanted``: 404 if that is certain, 503 if a silent source may hold it.
 
     A 404 is a claim that the row does not exist; it is only made when every

@@ -10,7 +10,7 @@ import trio
 from quart import Response, request
 from werkzeug.routing import PathConverter
 
-from service.core import Collection, Collector, Query
+from service.core import Answer, Collector, Query
 from service.logs import request_fields
 from service.web import formats, negotiation, problems
 from service.web.admission import Admission
@@ -23,7 +23,7 @@ from service.web.problems import Reply
 #: round trip to the database is amortised over many rows.
 STREAM_BATCH = 5000
 
-Collect = Callable[[Query], Awaitable[Collection]]
+Collect = Callable[[Query], Awaitable[Answer]]
 
 
 class AnySegment(PathConverter):
@@ -36,7 +36,7 @@ class AnySegment(PathConverter):
     regex = "(?s:.+)"
 
 
-def report(collection: Collection) -> None:
+def report(collection: Answer) -> None:
     """Tell the access line how complete the answer was."""
     fields = request_fields.get()
     if fields is not None:
@@ -125,7 +125,7 @@ class DataRoutes:
         headers["Content-Type"] = media_type
         return found, HTTPStatus.OK, headers
 
-    async def admitted_collect(self, query: Query) -> Collection | None:
+    async def admitted_collect(self, query: Query) -> Answer | None:
         """The collection, or None when the admission cap is reached (answer 503)."""
         if not self.admission.enter():
             return None
@@ -157,7 +157,7 @@ class DataRoutes:
             stream = self.collector.stream(query, STREAM_BATCH, stop=self.draining)
             async with aclosing(stream) as items:
                 async for item in items:
-                    if isinstance(item, Collection):
+                    if isinstance(item, Answer):
                         if fields is not None:
                             fields["complete"] = item.complete
                             fields["interrupted"] = item.interrupted

@@ -7,7 +7,7 @@ from contextlib import aclosing
 import pytest
 
 from service.config import Access, Config, SourceConfig
-from service.core import Collection, Query, Row, Status
+from service.core import Answer, Query, Row, Status
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
 from tests.support.collecting import collector_for, read_stream
@@ -119,7 +119,7 @@ async def test_source_failing_mid_stream_is_reported_in_the_summary(
                 summary = None
                 async with aclosing(collector.stream(Query(), 10)) as items:
                     async for item in items:
-                        if isinstance(item, Collection):
+                        if isinstance(item, Answer):
                             summary = item
                             break
                         ids.extend(row.id for row in item)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from service.config import Config
-from service.core import Collection, Status
+from service.core import Answer, Status
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
 from tests.support.collecting import collector_for
@@ -44,7 +44,7 @@ def own_config(postgres_dsn: str) -> Iterator[Config]:
         yield config
 
 
-def ids(collection: Collection) -> list[int]:
+def ids(collection: Answer) -> list[int]:
     return [row.id for row in collection.rows]
 
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from service.config import Access, Config
-from service.core import Collection, Collector, Status
+from service.core import Answer, Collector, Status
 from service.sources.bridge import AsyncioBridge
 from tests.support import pg
 from tests.support.collecting import collector_for
@@ -34,17 +34,17 @@ def without(*names: str) -> list[int]:
     return [i for i in REFERENCE_IDS if i not in missing]
 
 
-async def timed_collect(collector: Collector) -> tuple[Collection, float]:
+async def timed_collect(collector: Collector) -> tuple[Answer, float]:
     start = trio.current_time()
     collection = await collector.collect()
     return collection, trio.current_time() - start
 
 
-def ids(collection: Collection) -> list[int]:
+def ids(collection: Answer) -> list[int]:
     return [row.id for row in collection.rows]
 
 
-def statuses(collection: Collection) -> dict[str, Status]:
+def statuses(collection: Answer) -> dict[str, Status]:
     return {o.source: o.status for o in collection.outcomes}
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
 from service.config import Config, SourceConfig
-from service.core import Collection, Collector, Query, Row
+from service.core import Answer, Collector, Query, Row
 from service.sources import open_sources
 from service.sources.bridge import AsyncioBridge
 
@@ -26,15 +26,13 @@ async def collector_for(
         yield collector
 
 
-async def read_stream(
-    collector: Collector, query: Query, batch: int
-) -> tuple[list[Row], Collection]:
+async def read_stream(collector: Collector, query: Query, batch: int) -> tuple[list[Row], Answer]:
     """Every streamed row and the summary, checking the chunks on the way."""
     merged: list[Row] = []
     summary = None
     async with aclosing(collector.stream(query, batch)) as items:
         async for item in items:
-            if isinstance(item, Collection):
+            if isinstance(item, Answer):
                 summary = item
             else:
                 assert summary is None, "rows after the summary"

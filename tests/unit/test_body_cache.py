@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from service.core import Collection, Row
+from service.core import Answer, Row
 from service.web.bodycache import BodyCache
 
 
-def collection_of(rows: int, name: str = "x") -> Collection:
-    return Collection([Row(i, name) for i in range(rows)], ())
+def collection_of(rows: int, name: str = "x") -> Answer:
+    return Answer([Row(i, name) for i in range(rows)], ())
 
 
 def test_the_same_collection_is_encoded_once() -> None:

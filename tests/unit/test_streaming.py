@@ -4,7 +4,7 @@ from contextlib import aclosing
 
 import trio
 
-from service.core import Collection, Collector, Member, Query, Status
+from service.core import Answer, Collector, Member, Query, Status
 from tests.support.collecting import read_stream
 from tests.unit.fakes import FakeSource, rows
 
@@ -109,7 +109,7 @@ async def test_stop_ends_the_stream_at_a_row_boundary_with_a_resumable_summary()
     summary = None
     async with aclosing(collector.stream(Query(), 7, stop=stop)) as items:
         async for item in items:
-            if isinstance(item, Collection):
+            if isinstance(item, Answer):
                 summary = item
             else:
                 received.extend(row.id for row in item)
@@ -137,6 +137,6 @@ async def test_stop_with_no_rows_left_leaves_the_stream_complete() -> None:
         answers = [item async for item in items]
     assert len(answers) == 1
     summary = answers[0]
-    assert isinstance(summary, Collection)
+    assert isinstance(summary, Answer)
     assert summary.complete
     assert summary.interrupted is None

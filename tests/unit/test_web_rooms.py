@@ -7,7 +7,7 @@ import re
 
 from quart_trio import QuartTrio
 
-from service.core import Collection, Collector, Cursor, Outcome, Status
+from service.core import Answer, Collector, Cursor, Outcome, Status
 from service.web import problems
 from service.web.admission import Admission
 from service.web.auth import token_matches
@@ -18,9 +18,9 @@ from service.web.routes_data import DataRoutes
 from tests.unit.fakes import FakeSource, rows
 
 
-def collection(*statuses: Status) -> Collection:
+def collection(*statuses: Status) -> Answer:
     outcomes = tuple(Outcome(f"s{i}", s, 0, 0.0) for i, s in enumerate(statuses))
-    return Collection([], outcomes)
+    return Answer([], outcomes)
 
 
 def test_an_absent_row_is_404_only_when_every_source_answered() -> None:
