@@ -27,7 +27,7 @@ import asyncpg
 
 from service.config import ConfigError, SourceConfig
 from service.config.secrets import redact_dsn
-from service.sources.raw import quote_identifier
+from service.sqlnames import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
 CONNECT_TIMEOUT = 10.0
