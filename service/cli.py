@@ -118,7 +118,7 @@ def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int
     from service import stopping
     from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
-    from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
+    from service.runtime import ServeError, find_exception, seed_sources, serve, serve_workers
 
     stopping.install()
     with ExitStack() as stack:
