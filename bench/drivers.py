@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.config import Config, SourceConfig
 from service.core import Window
 from service.sources.base import DriverLimits
-from service.sources.orm import OrmSource, create_engine, session_factory
-from service.sources.raw import RawSource, create_pool
+from service.sources.postgres.orm import OrmSource, create_engine, session_factory
+from service.sources.postgres.raw import RawSource, create_pool
 
 WARM_UP = 200
 Read = Callable[[], Awaitable[object]]

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.measure import Connection, cpu_seconds, get_request
 from service.config import Config
 from service.core.breaker import BreakerSettings
-from service.sources.raw import select_window_sql
+from service.sources.postgres.raw import select_window_sql
 from tests.e2e.conftest import running_server, write_config
 from tests.support import pg
 from tests.support.faultproxy import FaultProxy, Mode

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -19,11 +18,11 @@ from pathlib import Path
 
 from service.config import (
     CONFIG_ENV,
-    MIN_TOKEN_LENGTH,
-    TOKEN_ENV,
     Config,
     ConfigError,
+    config_path,
     load_config,
+    with_environment,
 )
 from service.logs import setup_logging
 
@@ -107,21 +106,10 @@ def _bounded_int(what: str, low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _load(path: Path | None) -> Config | None:
+def _load(given: Path | None) -> Config | None:
     """The config named on the command line or in the environment; None = embedded."""
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
+    path = config_path(given)
     return None if path is None else load_config(path)
-
-
-def _with_token(config: Config) -> Config:
-    """``COLLECTOR_API_TOKEN`` overrides the config's ``api_token``."""
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        return config
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise ConfigError(f"${TOKEN_ENV} must be at least {MIN_TOKEN_LENGTH} characters")
-    return dataclasses.replace(config, api_token=token)
 
 
 def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
@@ -130,7 +118,7 @@ def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int
     from service import stopping
     from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
-    from service.server import ServeError, find_exception, seed_sources, serve, serve_workers
+    from service.runtime import ServeError, find_exception, seed_sources, serve, serve_workers
 
     stopping.install()
     with ExitStack() as stack:
@@ -144,7 +132,7 @@ def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int
         if stopping.requested():
             return 0  # stopped while starting: the ExitStack stops the embedded server
         try:
-            config = _with_token(config)
+            config = with_environment(config)
         except ConfigError as exc:
             print(f"collector: config error: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import asyncpg
 
 from service.config import ConfigError, SourceConfig
-from service.dsn import redact_dsn
-from service.sources.raw import quote_identifier
+from service.config.secrets import redact_dsn
+from service.sqlnames import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
 CONNECT_TIMEOUT = 10.0

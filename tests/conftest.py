@@ -13,6 +13,10 @@ from service.sources.bridge import AsyncioBridge
 from tests.support import pg
 from tests.support.faultproxy import ProxyFactory
 from tests.support.pg import proxy_factory
+from tests.support.time_limit import (  # noqa: F401 (hooks, registered by being here)
+    pytest_collection_modifyitems,
+    pytest_timeout_set_timer,
+)
 
 
 @pytest.fixture

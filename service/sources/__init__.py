@@ -1,9 +1,10 @@
 """Source implementations behind the core's ``Source`` protocol.
 
-``raw``  hand-written SQL over an asyncpg pool
-``orm``  SQLAlchemy AsyncSession with a mapped class
+``postgres/raw``  hand-written SQL over an asyncpg pool
+``postgres/orm``  SQLAlchemy AsyncSession with a mapped class
 
-Both run their driver on the trio-asyncio loop through :mod:`service.sources.bridge`.
+Each engine's drivers run on the trio-asyncio loop through :mod:`service.sources.bridge`;
+:mod:`service.sources.factory` picks the implementation for a source's config.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from service.config import Access, Config
-from service.core import Member, Source
-from service.sources import orm, raw
-from service.sources.base import DriverLimits
+from service.config import Config
+from service.core import Member
 from service.sources.bridge import AsyncioBridge
+from service.sources.factory import open_source
 
 log = logging.getLogger("collector.sources")
 
@@ -38,20 +38,11 @@ async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[l
     terminators: list[Callable[[], None]] = []
     try:
         for source in config.sources:
-            limits = DriverLimits.for_source(source.name, config.timeout)
-            if source.access is Access.RAW:
-                pool = await bridge.run(raw.create_pool, source.dsn, source.pool_size, limits)
-                closers.append(pool.close)
-                terminators.append(pool.terminate)
-                opened: Source = raw.RawSource(
-                    source.name, source.table, pool, bridge, limits, source.secrets
-                )
-            else:
-                engine = orm.create_engine(source.dsn, source.pool_size, limits)
-                closers.append(engine.dispose)
-                sessions = orm.session_factory(engine)
-                opened = orm.OrmSource(source.name, source.table, sessions, bridge, source.secrets)
-            members.append(Member(opened, ids=source.ids, breaker=source.breaker))
+            opened = await open_source(source, bridge, config.timeout)
+            closers.append(opened.close)
+            if opened.terminate is not None:
+                terminators.append(opened.terminate)
+            members.append(Member(opened.source, ids=source.ids, breaker=source.breaker))
         yield members
     finally:
         await _close(bridge, closers, terminators)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from service.core import IdRanges, Row, SourceError, Window, describe_error
+from service.core import IdRanges, Row, Source, SourceError, Window, describe_error
 from service.core.declared import gaps
 from service.sources.bridge import AsyncioBridge
 
@@ -27,6 +27,17 @@ log = logging.getLogger("collector.sources")
 DRIVER_TIMEOUT_MARGIN = 0.05
 #: Seconds an idle pooled connection is kept before it is closed.
 IDLE_CONNECTION_LIFETIME = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A source made by an engine's opener, and how to let go of its connections."""
+
+    source: Source
+    close: Callable[[], Awaitable[None]]
+    """Asyncio-flavoured: close the pool gracefully at shutdown."""
+    terminate: Callable[[], None] | None = None
+    """Cut the remaining connections when ``close`` overran its grace."""
 
 
 class SourceDataError(Exception):
@@ -235,6 +246,10 @@ class DriverSource:
     async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""
         return await run_driver(self._bridge, self._secrets, fn)
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Start asyncio-flavoured clean-up (a stream's close) without waiting for it."""
+        self._bridge.spawn(fn, *args)
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         raise NotImplementedError

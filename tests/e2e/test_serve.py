@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from service.config import Config
-from service.server import KEEP_ALIVE_TIMEOUT
+from service.runtime.server import KEEP_ALIVE_TIMEOUT
 from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import collector_command, running_server, serving, write_config
 from tests.support import pg

@@ -15,7 +15,7 @@ from service.config import Config
 from service.core import Query, Status
 from service.core.declared import IdsState, gaps
 from service.sources.bridge import AsyncioBridge
-from service.sources.raw import lowest_in_sql
+from service.sources.postgres.raw import lowest_in_sql
 from tests.support import pg
 from tests.support.collecting import collector_for
 

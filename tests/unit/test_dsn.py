@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, load_config
-from service.dsn import DsnError, check_dsn, redact_dsn
+from service.config.secrets import DsnError, check_dsn, redact_dsn
 
 SOURCE = '[[sources]]\nname = "a"\ndsn = "{dsn}"\ntable = "t"\naccess = "{access}"\n'
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.server import GC_YOUNG_THRESHOLD, settle_heap
+from service.runtime.heap import GC_YOUNG_THRESHOLD, settle_heap
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from sqlalchemy.sql import Select
 
 from service.core import Row, SourceError, Window
 from service.sources.bridge import AsyncioBridge
-from service.sources.orm import OrmSource, mapped_row_class
+from service.sources.postgres.orm import OrmSource, mapped_row_class
 
 
 class FakeSession:

@@ -10,7 +10,12 @@ import pytest
 from service.core import Row, SourceError, Window
 from service.sources.base import DriverLimits
 from service.sources.bridge import AsyncioBridge
-from service.sources.raw import NO_LOWER_BOUND, NO_UPPER_BOUND, RawSource, select_window_sql
+from service.sources.postgres.raw import (
+    NO_LOWER_BOUND,
+    NO_UPPER_BOUND,
+    RawSource,
+    select_window_sql,
+)
 
 LIMITS = DriverLimits.for_source("source_1", 2.0)
 

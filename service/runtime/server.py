@@ -5,16 +5,15 @@ Hypercorn stops accepting and lets in-flight requests finish, then the pools
 close, then the asyncio loop. The trio-asyncio loop is handed to the sources
 explicitly: its ContextVar would not reach Hypercorn's request tasks otherwise.
 
-This module opens the loop (``service.sources.aioloop`` imports ``trio_asyncio``,
-which patches asyncio for the whole process); ``collector init-db`` imports neither.
+Worker processes are in :mod:`service.runtime.workers`, heap tuning in
+:mod:`service.runtime.heap`. This module opens the loop (``service.sources.aioloop``
+imports ``trio_asyncio``, which patches asyncio for the whole process); ``collector
+init-db`` imports neither.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import multiprocessing
-import os
 import signal
 import sys
 from functools import partial
@@ -27,19 +26,20 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
 
 from service import stopping
 from service.config import Config
 from service.core import Collector
 from service.core.coalesce import Coalescer
 from service.dbinit import init_source
-from service.logs import setup_logging
+from service.runtime.heap import settle_heap
 from service.sources import open_sources
 from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
 from service.web.app import MAX_REQUEST_HEAD
-from service.web.metrics import Metrics, shared_metrics_dir, worker_exited
+from service.web.metrics import Metrics
 from service.writeguard import GuardedConfig, install
 
 log = logging.getLogger("collector.server")
@@ -48,10 +48,6 @@ E = TypeVar("E", bound=BaseException)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-#: Allocations (net) between young-generation collections while serving. Measured
-#: at 32 connections (``bench/README.md``): garbage-collector time went from ~2.7 s
-#: to ~0.4 s over a 17 s run, and p99 from 107 to ~60 ms, with ``gc.freeze``.
-GC_YOUNG_THRESHOLD = 5000
 #: Seconds in-flight requests get to finish at shutdown, beyond the source deadline.
 SHUTDOWN_GRACE = 1.0
 #: Seconds an idle keep-alive connection is kept open before the server closes it.
@@ -108,20 +104,7 @@ async def serve(
                 return  # asked to stop while checking: nothing was served yet
             checks = trio.CancelScope()
             nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
-            coalescer = None
-            if config.coalesce:
-                coalescer = Coalescer(
-                    collector.collect, nursery, config.timeout, linger=config.coalesce_linger
-                )
-            app = create_app(
-                collector,
-                Metrics(metrics_dir),
-                coalescer=coalescer,
-                api_token=config.api_token,
-                max_concurrent=config.max_concurrent_requests,
-                response_timeout=config.response_timeout,
-                draining=draining,
-            )
+            app = _app(config, collector, nursery, draining, Metrics(metrics_dir))
             hconfig = hypercorn_config(host, port, config.timeout, config.stream_idle_timeout)
             install()
             try:
@@ -145,6 +128,30 @@ async def serve(
             names = ", ".join(f"{s.name} ({s.access})" for s in config.sources)
             who = "" if worker is None else f" (worker {worker})"
             print(f"collector: serving {binds[0]}/collect-data from {names}{who}", flush=True)
+
+
+def _app(
+    config: Config,
+    collector: Collector,
+    nursery: trio.Nursery,
+    draining: trio.Event,
+    metrics: Metrics,
+) -> QuartTrio:
+    """The web app over ``collector``, with a coalescer in ``nursery`` when configured."""
+    coalescer = None
+    if config.coalesce:
+        coalescer = Coalescer(
+            collector.collect, nursery, config.timeout, linger=config.coalesce_linger
+        )
+    return create_app(
+        collector,
+        metrics,
+        coalescer=coalescer,
+        api_token=config.api_token,
+        max_concurrent=config.max_concurrent_requests,
+        response_timeout=config.response_timeout,
+        draining=draining,
+    )
 
 
 async def _first_ids_check(collector: Collector, draining: trio.Event) -> bool:
@@ -200,21 +207,6 @@ async def _serve_then_stop(
         checks.cancel()
 
 
-def settle_heap() -> None:
-    """Tune the garbage collector for serving, once start-up is done.
-
-    Everything built so far (modules, the app, the pools) lives as long as the
-    process, yet every full collection would walk it again: ``gc.freeze`` moves it
-    out of the collector's sight. A request allocates thousands of short-lived
-    container objects, so with the default young-generation threshold (700) the
-    collector ran several times per request; see ``GC_YOUNG_THRESHOLD``.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
 async def seed_sources(config: Config) -> None:
     """Run init-db on every source (for the embedded default, before workers start)."""
     async with open_loop() as loop:
@@ -222,66 +214,6 @@ async def seed_sources(config: Config) -> None:
         for source in config.sources:
             report = await bridge.run(init_source, source)
             log.info("source %s ready (%d rows added)", report.source, report.inserted_rows)
-
-
-def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
-    """Run ``workers`` processes serving one listening socket; return an exit code.
-
-    The parent binds the socket and hands it to each worker (as Hypercorn's own
-    multi-worker mode does), so the kernel spreads connections among them. Each
-    worker has its own asyncio loop and pools: ``pool_size`` is per worker; the
-    workers share one set of metrics (``service.web.metrics``). SIGINT or SIGTERM
-    to the parent is passed on, and each worker shuts down gracefully.
-    """
-    hconfig = hypercorn_config(host, port, config.timeout)
-    try:
-        sockets = hconfig.create_sockets()
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    for sock in sockets.insecure_sockets:
-        sock.listen(hconfig.backlog)
-    try:
-        with shared_metrics_dir() as metrics_dir:
-            return _run_workers(config, host, port, sockets, workers, metrics_dir)
-    finally:
-        for sock in sockets.insecure_sockets:
-            sock.close()
-
-
-def _run_workers(
-    config: Config, host: str, port: int, sockets: Sockets, workers: int, metrics_dir: Path
-) -> int:
-    """Start the worker processes, pass signals on, wait for all; the worst exit code."""
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(config, host, port, sockets, index, metrics_dir))
-        for index in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for process in processes:
-        process.join()
-        if process.pid is not None:
-            worker_exited(metrics_dir, process.pid)
-    return max((p.exitcode or 0) for p in processes)
-
-
-def _worker_main(
-    config: Config, host: str, port: int, sockets: Sockets, index: int, metrics_dir: Path
-) -> None:
-    """Entry point of one worker process."""
-    stopping.install()  # the group's SIGTERM and the parent's both reach it
-    setup_logging()
-    serving = partial(serve, sockets=sockets, worker=index, metrics_dir=metrics_dir)
-    trio.run(serving, config, host, port)
 
 
 def find_exception(error: BaseException, kind: type[E]) -> E | None:

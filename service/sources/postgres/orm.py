@@ -94,7 +94,7 @@ class OrmSource(DriverSource):
 
     def open_stream(self, window: Window, batch_size: int) -> OrmStream:
         """A streamed ORM query over ``window`` (started on the first batch)."""
-        return OrmStream(self, window, batch_size)
+        return OrmStream(self, self._sessions, self._statement(window), batch_size)
 
     async def _ping_on_asyncio(self) -> None:
         await self._execute(text("SELECT 1"))
@@ -184,9 +184,16 @@ class OrmStream:
     its connection, on plain asyncio). Pages and lookups run through ``session.execute``.
     """
 
-    def __init__(self, source: OrmSource, window: Window, batch_size: int) -> None:
+    def __init__(
+        self,
+        source: DriverSource,
+        sessions: SessionFactory,
+        statement: Select[int, str | None],
+        batch_size: int,
+    ) -> None:
         self._source = source
-        self._window = window
+        self._sessions = sessions
+        self._statement = statement
         self._batch_size = batch_size
         self._session: AsyncSession | None = None
         self._result: Any = None
@@ -201,23 +208,19 @@ class OrmStream:
         if self._read_ahead is not None:
             self._read_ahead.cancel()
         if self._session is not None:
-            self._source._bridge.spawn(self._close_on_asyncio, self._session, self._result)
+            self._source.spawn(self._close_on_asyncio, self._session, self._result)
             self._session = self._result = None
 
     async def _next_on_asyncio(self) -> list[Row]:
         if self._session is None:
-            model = self._source._model
-            statement = window_statement(model, self._window).with_only_columns(
-                model.id, model.name
-            )
-            self._session = self._source._sessions()
+            self._session = self._sessions()
             # A server-side cursor lives in a transaction; the engine is in
             # autocommit for single SELECTs, so this connection opts out of it.
             connection = await self._session.connection(
                 execution_options={"isolation_level": "READ COMMITTED"}
             )
             self._result = await connection.stream(
-                statement.execution_options(yield_per=self._batch_size)
+                self._statement.execution_options(yield_per=self._batch_size)
             )
             self._read_ahead = ReadAhead(self._fetch_batch, self._batch_size)
         assert self._read_ahead is not None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -20,6 +20,7 @@ from service.sources.base import (
     is_stale,
 )
 from service.sources.bridge import AsyncioBridge
+from service.sqlnames import quote_identifier
 
 
 class RawConnection(Protocol):
@@ -39,17 +40,40 @@ class RawConnection(Protocol):
         ...
 
 
-class RawPool(Protocol):
-    """The part of an asyncpg pool this source uses (a seam for tests)."""
+class Acquiring(Protocol):
+    """A pending checkout, as asyncpg's ``PoolAcquireContext``.
 
-    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
-        """Borrow a connection; the context manager returns it to the pool."""
+    Awaited, it lends a connection until ``release``; entered, it gives it back on exit.
+    """
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """The borrowed connection, held until ``RawPool.release``."""
+        ...
+
+    async def __aenter__(self) -> Any:
+        """The borrowed connection, returned on exit."""
+        ...
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Return the connection to the pool."""
         ...
 
 
-def quote_identifier(name: str) -> str:
-    """Quote an SQL identifier (names are validated by the config as well)."""
-    return '"' + name.replace('"', '""') + '"'
+class RawPool(Protocol):
+    """The part of an asyncpg pool this source and its streams use (a seam for tests)."""
+
+    def acquire(self, *, timeout: float | None = None) -> Acquiring:
+        """Borrow a connection, for a block (``async with``) or until ``release``."""
+        ...
+
+    async def release(
+        self,
+        connection: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (asyncpg's own signature)
+    ) -> None:
+        """Give back a connection borrowed by awaiting ``acquire``."""
+        ...
 
 
 #: Stand-ins for open window bounds: beyond any INT (or BIGINT) id. ``LIMIT NULL``
@@ -111,7 +135,8 @@ class RawSource(DriverSource):
 
     def open_stream(self, window: Window, batch_size: int) -> RawStream:
         """A server-side cursor over ``window`` (opened on the first batch)."""
-        return RawStream(self, window, batch_size)
+        cursor = Cursor(self._pool, self._query, self._limits.timeout, window, batch_size)
+        return RawStream(self, cursor)
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         return checked_rows(await self._fetch_pooled(self._query, *window_args(window)))
@@ -178,6 +203,17 @@ async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool
     return pool
 
 
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """What a stream opens: the source's pool and query, its driver timeout, the window."""
+
+    pool: RawPool
+    query: str
+    timeout: float
+    window: Window
+    batch_size: int
+
+
 class RawStream:
     """A server-side cursor on one pooled connection, read a batch per call.
 
@@ -186,15 +222,9 @@ class RawStream:
     unknown state, so it is then cut rather than returned to the pool as is.
     """
 
-    def __init__(
-        self,
-        source: RawSource,
-        window: Window,
-        batch_size: int,
-    ) -> None:
+    def __init__(self, source: DriverSource, cursor: Cursor) -> None:
         self._source = source
-        self._window = window
-        self._batch_size = batch_size
+        self._spec = cursor
         self._connection: Any = None
         self._transaction: Any = None
         self._cursor: Any = None
@@ -213,29 +243,28 @@ class RawStream:
         if self._read_ahead is not None and self._read_ahead.cancel():
             self._clean = False  # a fetch was in flight on the connection
         if self._connection is not None:
-            self._source._bridge.spawn(self._close_on_asyncio, self._connection, self._clean)
+            self._source.spawn(self._close_on_asyncio, self._connection, self._clean)
             self._connection = None
 
     async def _next_on_asyncio(self) -> list[Row]:
-        timeout = self._source._limits.timeout
+        spec = self._spec
         if self._cursor is None:
-            pool = self._source._pool
-            self._connection = await pool.acquire(timeout=timeout)  # type: ignore[misc]
+            self._connection = await spec.pool.acquire(timeout=spec.timeout)
             self._transaction = self._connection.transaction(readonly=True)
             await self._transaction.start()
             self._cursor = await self._connection.cursor(
-                self._source._query, *window_args(self._window), timeout=timeout
+                spec.query, *window_args(spec.window), timeout=spec.timeout
             )
-            self._read_ahead = ReadAhead(self._fetch_batch, self._batch_size)
+            self._read_ahead = ReadAhead(self._fetch_batch, spec.batch_size)
         assert self._read_ahead is not None
         return await self._read_ahead.next()
 
     async def _fetch_batch(self) -> list[Row]:
-        timeout = self._source._limits.timeout
-        return checked_rows(await self._cursor.fetch(self._batch_size, timeout=timeout))
+        spec = self._spec
+        return checked_rows(await self._cursor.fetch(spec.batch_size, timeout=spec.timeout))
 
     async def _close_on_asyncio(self, connection: Any, clean: bool) -> None:
-        timeout = self._source._limits.timeout
+        timeout = self._spec.timeout
         if clean:
             try:
                 await asyncio.wait_for(self._transaction.rollback(), timeout)
@@ -243,4 +272,4 @@ class RawStream:
                 connection.terminate()
         else:
             connection.terminate()
-        await self._source._pool.release(connection, timeout=timeout)  # type: ignore[attr-defined]
+        await self._spec.pool.release(connection, timeout=timeout)

@@ -1,0 +1,29 @@
+"""From a source's config to an open source: a registry of engines and their access modes.
+
+Why a table and not a chain of ifs: a new engine or access mode is one entry, and the
+place where a per-source connection budget will be applied is this one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from service.config import Access, SourceConfig
+from service.sources import postgres
+from service.sources.base import DriverLimits, Opened
+from service.sources.bridge import AsyncioBridge
+from service.sources.postgres import Opener
+
+#: Engine name -> its openers by access mode.
+ENGINES: Mapping[str, Mapping[Access, Opener]] = {"postgres": postgres.OPENERS}
+
+
+def engine_of(source: SourceConfig) -> str:
+    """The engine a source runs on; every DSN the config accepts today is PostgreSQL."""
+    return "postgres"
+
+
+async def open_source(source: SourceConfig, bridge: AsyncioBridge, deadline: float) -> Opened:
+    """Open one configured source under the collection deadline (no connection yet)."""
+    opener = ENGINES[engine_of(source)][source.access]
+    return await opener(source, bridge, DriverLimits.for_source(source.name, deadline))
