@@ -8,6 +8,7 @@ import pytest
 
 from service.config import ConfigError, load_config
 from service.config.secrets import DsnError, check_dsn, redact_dsn
+from tests.support.configs import load_error
 
 SOURCE = '[[sources]]\nname = "a"\ndsn = "{dsn}"\ntable = "t"\naccess = "{access}"\n'
 
@@ -63,12 +64,16 @@ def test_config_with_an_unparsable_dsn_is_a_one_line_config_error(
 @pytest.mark.parametrize(
     ("dsn", "redacted"),
     [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h/db?user=u&password=pw", "postgresql://h/db?user=u&password=***"),
+        ("postgresql://u:@/db?host=/run/pg", "postgresql://u:***@/db?host=/run/pg"),
         ("postgresql://u:pw@[::1/db", "postgresql://u:***@[::1/db"),
         ("postgresql://u@[::1/db", "postgresql://u@[::1/db"),
         ("postgresql://[::1/db?password=pw", "<unparsable dsn>"),
     ],
 )
-def test_unparsable_dsns_are_redacted_by_hand(dsn: str, redacted: str) -> None:
+def test_passwords_are_redacted_even_in_unparsable_dsns(dsn: str, redacted: str) -> None:
     assert redact_dsn(dsn) == redacted
 
 
@@ -100,10 +105,7 @@ def test_other_parameters_are_a_one_line_config_error(
     path = tmp_path / "c.toml"
     dsn = f"postgresql://u:hunter2@127.0.0.1/db?{query}"
     path.write_text(SOURCE.format(dsn=dsn, access="orm"), "utf-8")
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    message = str(caught.value)
+    message = load_error(path)
     assert message.startswith(f"{path}: source 'a': dsn has ")
     assert reason in message
-    assert "\n" not in message
     assert "hunter2" not in message
