@@ -115,10 +115,11 @@ def _load(given: Path | None) -> Config | None:
 def _serve(config: Config | None, host: str, port: int, workers: int = 1) -> int:
     import trio
 
-    from service import stopping
     from service.dbinit import READER_ROLE
     from service.embedded import data_dir, embedded_server, reference_config
-    from service.runtime import ServeError, find_exception, seed_sources, serve, serve_workers
+    from service.runtime import stopping
+    from service.runtime.server import ServeError, find_exception, seed_sources, serve
+    from service.runtime.workers import serve_workers
 
     stopping.install()
     with ExitStack() as stack:

@@ -1,11 +1,12 @@
-"""Running the service: Hypercorn wiring, worker processes, heap tuning.
+"""Running the service: Hypercorn wiring, worker processes, process-wide settings.
 
-``server``   one process serving: the drivers' loop, the sources, the app under Hypercorn
-``workers``  several processes sharing one listening socket
-``heap``     the garbage collector's settings once start-up is done
+``server``      one process serving: the drivers' loop, the sources, the app under Hypercorn
+``workers``     several processes sharing one listening socket
+``heap``        the garbage collector's settings once start-up is done
+``writeguard``  Hypercorn's connection with a write idle limit
+``memory``      freed memory handed back to the operating system after large answers
+``stopping``    stop signals recorded for the whole life of ``serve``
+
+Nothing is imported here: the web layer uses ``memory`` and ``writeguard`` while
+``server`` imports the web layer, so each module is imported by its own name.
 """
-
-from service.runtime.server import ServeError, find_exception, seed_sources, serve
-from service.runtime.workers import serve_workers
-
-__all__ = ["ServeError", "find_exception", "seed_sources", "serve", "serve_workers"]

@@ -28,19 +28,19 @@ from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from service import stopping
 from service.config import Config
 from service.core import Collector
 from service.core.coalesce import Coalescer
 from service.dbinit import init_source
+from service.runtime import stopping
 from service.runtime.heap import settle_heap
+from service.runtime.writeguard import GuardedConfig, install
 from service.sources import open_sources
 from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
 from service.web.app import MAX_REQUEST_HEAD
 from service.web.metrics import Metrics
-from service.writeguard import GuardedConfig, install
 
 log = logging.getLogger("collector.server")
 
@@ -64,7 +64,7 @@ def hypercorn_config(
     """Hypercorn settings for one worker bound to ``host:port``.
 
     ``write_idle`` is the seconds a client may accept nothing of an answer being
-    written (``service.writeguard``); None leaves writes unbounded.
+    written (``service.runtime.writeguard``); None leaves writes unbounded.
     """
     config = GuardedConfig()
     config.write_idle_timeout = write_idle
@@ -230,7 +230,7 @@ def find_exception(error: BaseException, kind: type[E]) -> E | None:
 async def _until_signal(draining: trio.Event) -> None:
     """Return on the first SIGINT or SIGTERM, which starts a graceful shutdown.
 
-    One that arrived before the receiver was open (``service.stopping``) counts too.
+    One that arrived before the receiver was open (``service.runtime.stopping``) counts too.
     ``draining`` is set first, so that open streams end at their next row
     boundary with a summary (incomplete, with the cursor to resume from) while
     Hypercorn gives in-flight requests their grace.

@@ -11,9 +11,9 @@ from pathlib import Path
 import trio
 from hypercorn.config import Sockets
 
-from service import stopping
 from service.config import Config
 from service.logs import setup_logging
+from service.runtime import stopping
 from service.runtime.server import ServeError, hypercorn_config, serve
 from service.web.metrics import shared_metrics_dir, worker_exited
 

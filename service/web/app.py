@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from service.config import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_RESPONSE_TIMEOUT
 from service.core import Collector
 from service.core.coalesce import Coalescer
-from service.memory import MemoryReleaser
+from service.runtime.memory import MemoryReleaser
 from service.web import openapi, problems
 from service.web.admission import Admission
 from service.web.auth import BearerAuth

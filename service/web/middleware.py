@@ -24,10 +24,10 @@ from hypercorn.typing import (
 )
 
 from service.logs import request_fields, request_id
-from service.memory import MemoryReleaser
+from service.runtime.memory import MemoryReleaser
+from service.runtime.writeguard import connection_writes
 from service.web import formats
 from service.web.metrics import Metrics
-from service.writeguard import connection_writes
 
 access_log = logging.getLogger("collector.access")
 

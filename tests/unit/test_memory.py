@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from service.core import Collector
-from service.memory import MemoryReleaser, glibc_malloc_trim
+from service.runtime.memory import MemoryReleaser, glibc_malloc_trim
 from service.web import create_app
 from tests.unit.fakes import FakeSource, rows
 
