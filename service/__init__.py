@@ -5,13 +5,13 @@ Layout::
     web/          HTTP layer (Quart-Trio): routes, parameters, wire formats, OpenAPI, metrics
     core/         fan-out and merge: the Source protocol, the per-source guard, outcomes,
                   pages, streams, circuit breakers, coalescing (no HTTP, no SQL)
-    sources/      Source implementations (raw SQL, ORM) and the asyncio bridge
-    config.py     the TOML config file and its validation
+    sources/      Source implementations (postgres/: raw SQL, ORM), the factory, the asyncio bridge
+    config/       the TOML config file: every key once, loading, DSN checks and redaction
+    runtime/      Hypercorn wiring, worker processes, write guard, memory release, stop signals
     logs.py       JSON log lines carrying the request id
-    server.py     wiring: asyncio loop, sources, Hypercorn (one or several workers)
     dbinit.py     schema.sql / seed.sql / roles.sql applied to each source
     embedded.py   the zero-config PostgreSQL server
     watchdog.py   stops that server once the process using it is gone, however it went
-    stopping.py   SIGINT/SIGTERM from the first line of ``serve``: once is a stop, again is ignored
+    sqlnames.py   SQL identifier quoting shared by the sources and init-db
     cli.py        the ``collector`` command
 """

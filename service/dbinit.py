@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import asyncpg
 
 from service.config import ConfigError, SourceConfig
-from service.config.secrets import redact_dsn
+from service.config.secrets import SCHEMES, redact_dsn
 from service.sqlnames import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
@@ -92,7 +92,7 @@ def admin_target(admin_dsn: str, source_dsn: str) -> str:
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("dbname", "database")]
     except ValueError:
         raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} cannot be parsed") from None
-    if parts.scheme not in ("postgresql", "postgres"):
+    if parts.scheme not in SCHEMES:
         raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} must start with postgresql://")
     path = "/" + quote(_database_name(source_dsn))
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))

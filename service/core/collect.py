@@ -138,8 +138,7 @@ class Collector:
             start = trio.current_time()
             error: str | None
             if breaker.state is BreakerState.OPEN:
-                failures = breaker.consecutive_failures
-                status, error = Status.SKIPPED, f"circuit open after {failures} failures in a row"
+                status, error = guard.skipped()
             else:
                 status, _, error = await attempt(guard.source.ping, self._probe_timeout)
             duration = trio.current_time() - start

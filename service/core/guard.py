@@ -51,10 +51,12 @@ class Guard:
         if ids is not None and self._declared.prunable(self.name) and not window.intersects(ids):
             return Status.PRUNED, None
         permit = self.breaker.acquire()
-        if permit is None:
-            failures = self.breaker.consecutive_failures
-            return Status.SKIPPED, f"circuit open after {failures} failures in a row"
-        return permit
+        return self.skipped() if permit is None else permit
+
+    def skipped(self) -> tuple[Status, str]:
+        """The outcome of a source not asked because its breaker is open."""
+        failures = self.breaker.consecutive_failures
+        return Status.SKIPPED, f"circuit open after {failures} failures in a row"
 
     async def ask(
         self, permit: Permit, call: Callable[[], Awaitable[Sequence[Row]]], seconds: float

@@ -241,7 +241,10 @@ class DriverSource:
 
     async def lowest_outside(self, ranges: IdRanges) -> int | None:
         """The lowest id outside ``ranges``: a bounded index probe per gap between them."""
-        return await self.run(partial(self._lowest_in_on_asyncio, gaps(ranges)))
+        between = gaps(ranges)
+        if not between:
+            return None  # the ranges cover every id: nothing can be outside them
+        return await self.run(partial(self._lowest_in_on_asyncio, between))
 
     async def run(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run asyncio-flavoured driver code for this source (see ``run_driver``)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from service.embedded import HANDLES_FILE
 from tests.e2e.conftest import START_TIMEOUT, STOP_TIMEOUT, collector_command
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +112,7 @@ def start_and_stop(data: Path) -> None:
     service.signal_group(signal.SIGTERM)
     assert service.wait() == 0, "".join(service.output)
     assert_no_server_left(data)
-    assert json.loads((data / ".handle_pids.json").read_text() or "[]") == []
+    assert json.loads((data / HANDLES_FILE).read_text() or "[]") == []
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ async def test_readyz_answers_within_the_probe_deadline(autojump_clock: trio.abc
     assert [s["status"] for s in body["sources"]] == ["timeout", "timeout"]
 
 
-async def broken_breakers(autojump_clock: trio.abc.Clock) -> tuple[Collector, list[FakeSource]]:
+async def broken_breakers() -> tuple[Collector, list[FakeSource]]:
     """Two sources whose data fetches fail until their breakers open; pings still work."""
     sources = [FakeSource("a", error=OSError("down")), FakeSource("b", error=OSError("down"))]
     for source in sources:
@@ -62,7 +62,7 @@ async def broken_breakers(autojump_clock: trio.abc.Clock) -> tuple[Collector, li
 async def test_readyz_is_unavailable_while_every_breaker_is_open(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    collector, sources = await broken_breakers(autojump_clock)
+    collector, sources = await broken_breakers()
     response = await create_app(collector).test_client().get("/readyz")
     assert response.status_code == 503
     body = json.loads(await response.get_data())
@@ -74,7 +74,7 @@ async def test_readyz_is_unavailable_while_every_breaker_is_open(
 async def test_readyz_pings_again_once_the_cool_down_allows_a_trial(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    collector, sources = await broken_breakers(autojump_clock)
+    collector, sources = await broken_breakers()
     await trio.sleep(10.0)
     response = await create_app(collector).test_client().get("/readyz")
     assert response.status_code == 200

@@ -100,8 +100,6 @@ class OrmSource(DriverSource):
         await self._execute(text("SELECT 1"))
 
     async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
-        if not ranges:
-            return None
         found = (await self._execute(lowest_in_statement(self._model, ranges))).all()
         values = [int(row[0]) for row in found if row[0] is not None]
         return min(values, default=None)

@@ -97,7 +97,7 @@ def lowest_in_sql(table: str) -> str:
     PostgreSQL answers from the index without reading the rows elsewhere.
     """
     return (
-        "SELECT min(found) FROM (SELECT "
+        "SELECT min(found) AS lowest FROM (SELECT "
         f"(SELECT min(id) FROM {quote_identifier(table)} WHERE id BETWEEN g.lo AND g.hi) AS found "
         "FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi)) AS per_range"
     )
@@ -166,13 +166,9 @@ class RawSource(DriverSource):
             return records
 
     async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
-        if not ranges:
-            return None
-        timeout = self._limits.timeout
         lows, highs = [first for first, _ in ranges], [last for _, last in ranges]
-        async with self._pool.acquire(timeout=timeout) as connection:
-            records = await connection.fetch(self._lowest_in, lows, highs, timeout=timeout)
-        found = records[0][0] if records else None
+        records = await self._fetch_pooled(self._lowest_in, lows, highs)
+        found = records[0]["lowest"] if records else None
         return None if found is None else int(found)
 
 
