@@ -17,9 +17,9 @@ Who gets a connection when the budget is spent, and why the rules are these::
       otherwise ....................................... waits (FIFO, with a timeout)
 
     a connection of A comes back:
-      someone waits for A, and nobody has waited long . handed to A's oldest waiter
-      the oldest waiter wants another database ........ closed; its slot goes to that
-                                                        waiter, which opens its own
+      the oldest waiter wants A, or nobody waits long . handed to A's oldest waiter
+      the oldest waiter has waited, and its database .. closed; its slot goes to that
+        holds no more connections than A                waiter, which opens its own
       nobody waits .................................... kept idle, closed after a while
 
 Handing a connection to the next waiter of the *same* database is much cheaper
@@ -27,14 +27,17 @@ than moving it: opening a PostgreSQL connection costs about 70 times a small
 fetch on a warm one (measured here: 7.6 ms against 0.11 ms). But always
 preferring the same database would let one busy database keep every connection
 while another waits for ever, so once the oldest waiter has waited
-:data:`HANDOFF_PATIENCE` seconds, it is served next, whatever it wants. Each
-database's cap (the sources' ``pool_size``) bounds how much of a budget one busy
-database can hold in the first place.
+:data:`HANDOFF_PATIENCE` seconds, it is served next if its database holds no more
+connections than A: a connection moves only to even the shares out, never to a
+database that merely wants a second one while others wait for their first (with
+as many databases as connections, that would reopen a session per fetch). Each
+database's cap (the sources' ``pool_size``) bounds what one busy database can hold.
 
-An idle connection evicted for another database is the most recently used one:
-a fan-out asks every database once per request, and the database asked last is
-the one asked again the latest (for a cyclic pattern, keeping the least recently
-used connections is optimal, and evicting them is the worst choice).
+An idle connection evicted for another database comes from the database holding
+the most, and among those is the most recently used one: a fan-out asks every
+database once per request, and the database asked last is the one asked again
+the latest (for a cyclic pattern, keeping the least recently used connections is
+optimal, and evicting them is the worst choice).
 
 Everything here runs on the asyncio loop, and no await happens between a
 decision and the bookkeeping it implies, so the counts cannot drift.
@@ -57,6 +60,9 @@ log = logging.getLogger("collector.sources")
 #: database's waiters; after that it is served next, even if that means closing
 #: a connection of another database to open one for it.
 HANDOFF_PATIENCE = 0.02
+#: Seconds after which an idle connection counts as spare: another database may
+#: take its place even when that does not even their shares out.
+SPARE_AFTER = 0.1
 #: Seconds a background close of an evicted or idle connection may take.
 CLOSE_TIMEOUT = 2.0
 
@@ -68,12 +74,24 @@ class Connection(Protocol):
         """Whether the connection is gone (closed by us, the server or the network)."""
         ...
 
+    def is_reusable(self) -> bool:
+        """Open, idle and outside any transaction: safe to lend to the next caller.
+
+        A connection given back in the middle of a cancelled query or an open
+        transaction is cut rather than lent in an unknown state.
+        """
+        ...
+
     def terminate(self) -> None:
         """Close at once, without a goodbye to the server."""
         ...
 
     async def close_for_good(self) -> None:
         """End the session politely (a pool's ``close`` may mean "give back")."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait for what the connection still does on its own (a cancel in flight)."""
         ...
 
 
@@ -104,12 +122,31 @@ class _Slot:
     after: asyncio.Task[None] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Waiter(Generic[C]):
     pool: DatabasePool[C]
     since: float
     future: asyncio.Future[C | _Slot]
     """Resolved with a connection handed over, or a slot to open one in."""
+    gone: bool = False
+    """Served, or given up: still in the queues, skipped (removal is lazy)."""
+
+
+def evens_out(taker_holds: int, giver_keeps: int) -> bool:
+    """Whether moving a connection between two databases is worth a new session.
+
+    Only if it evens their shares out (the taker ends with no more than the
+    giver), or the taker has none at all: a database that merely wants one more
+    while another waits for its first must wait for its own to come back.
+    """
+    return taker_holds == 0 or taker_holds < giver_keeps
+
+
+def _first(queue: deque[_Waiter[Any]]) -> _Waiter[Any] | None:
+    """The oldest waiter still waiting in ``queue`` (dropping those gone before it)."""
+    while queue and queue[0].gone:
+        queue.popleft()
+    return queue[0] if queue else None
 
 
 class ServerBudget:
@@ -128,15 +165,17 @@ class ServerBudget:
         self.idle_timeout = idle_timeout
         self._clock = clock
         self._open = 0  # open or being opened, idle or lent
-        self._waiters: deque[_Waiter[Any]] = deque()
+        self._waiters: deque[_Waiter[Any]] = deque()  # every database's, in arrival order
+        self._waiting = 0
         self._pools: list[DatabasePool[Any]] = []
         self._reaper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def usage(self) -> BudgetUsage:
         """How many connections are open, lent and waited for right now."""
         in_use = sum(pool.in_use for pool in self._pools)
-        return BudgetUsage(self.server, self.limit, self._open, in_use, len(self._waiters))
+        return BudgetUsage(self.server, self.limit, self._open, in_use, self._waiting)
 
     def pool(self, name: str, cap: int, connect: Connect[C]) -> DatabasePool[C]:
         """A pool for one database on this server, holding at most ``cap`` connections."""
@@ -145,15 +184,21 @@ class ServerBudget:
         return pool
 
     async def close(self) -> None:
-        """Close every idle connection and wait for closes under way (shutdown)."""
+        """Close every idle connection and wait for closes under way (shutdown).
+
+        A connection given back from now on is closed rather than kept idle.
+        """
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        for pool in self._pools:
-            while pool.idle:
-                self._open -= 1
-                self._discard(pool.idle.pop()[0], graceful=True)
-        while self._closing:
+        while True:
+            for pool in self._pools:
+                while pool.idle:
+                    self._open -= 1
+                    self._discard(pool.idle.pop()[0], graceful=True)
+            if not self._closing:
+                return
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     def terminate(self) -> None:
@@ -169,37 +214,56 @@ class ServerBudget:
 
     # -- the decisions --------------------------------------------------------
 
+    @property
+    def share(self) -> int:
+        """An equal share of the budget for each database on this server (at least 1)."""
+        return max(1, self.limit // max(1, len(self._pools)))
+
     def _has_room(self) -> bool:
         return self._open < self.limit
 
     def _evict_idle_for(self, pool: DatabasePool[Any]) -> _Slot | None:
-        """Close the most recently used idle connection of another database: its slot."""
-        newest: tuple[float, DatabasePool[Any]] | None = None
-        for other in self._pools:
-            if other is not pool and other.idle:
-                released = other.idle[-1][1]
-                if newest is None or released > newest[0]:
-                    newest = (released, other)
-        if newest is None:
+        """Close an idle connection of another database to make room: its slot.
+
+        From the database holding the most connections (evicting evens them out,
+        rather than taking the only one of a database that will want it back), and
+        among those the most recently used; else one idle for :data:`SPARE_AFTER`.
+        """
+        candidates = [other for other in self._pools if other is not pool and other.idle]
+        if not candidates:
             return None
-        connection, _ = newest[1].idle.pop()
+        victim = max(candidates, key=lambda other: (other.held, other.idle[-1][1]))
+        if evens_out(pool.held, victim.held - 1):
+            connection, _ = victim.idle.pop()
+        else:
+            # Not worth it for fairness; but a connection nobody used for a while is
+            # spare, and taking it beats waiting (the oldest such one).
+            victim = min(candidates, key=lambda other: other.idle[0][1])
+            if self._clock() - victim.idle[0][1] < SPARE_AFTER:
+                return None
+            connection, _ = victim.idle.pop(0)
         return _Slot(self._discard(connection, graceful=True))
 
     def _next_waiter(self, returning: DatabasePool[Any] | None) -> _Waiter[Any] | None:
         """Who gets what ``returning`` gives back (a connection, or a freed slot if None).
 
-        The oldest waiter whose database may hold one more connection, unless the
-        connection can go to a waiter of its own database and the oldest waiter
-        has not yet waited :data:`HANDOFF_PATIENCE` seconds.
+        None when nobody should: the connection is kept idle.
+
+        The oldest waiter whose database may hold one more connection; but a
+        connection stays with a waiter of its own database unless the oldest waiter
+        has waited :data:`HANDOFF_PATIENCE` seconds and its database holds no more.
         """
-        head = next((w for w in self._waiters if w.pool is returning or w.pool.below_cap), None)
+        head = _first(self._waiters)
+        if head is not None and not (head.pool is returning or head.pool.below_cap):
+            # Rare: the oldest waits for its own database's cap; look further.
+            head = next((w for w in self._waiters if not w.gone and w.pool.below_cap), None)
         if head is None or returning is None or head.pool is returning:
             return head
-        if self._clock() - head.since < HANDOFF_PATIENCE:
-            own = next((w for w in self._waiters if w.pool is returning), None)
-            if own is not None:
-                return own
-        return head
+        own = _first(returning.waiters)
+        # Moving a connection costs a new session, so it moves only to even things
+        # out; a database that holds more is served by its own as they come back.
+        patient = own is None or self._clock() - head.since >= HANDOFF_PATIENCE
+        return head if patient and evens_out(head.pool.held, returning.held) else own
 
     def _give_back(self, pool: DatabasePool[Any], connection: Any, *, healthy: bool) -> None:
         """A lent connection returns: hand it on, move its slot, or keep it idle."""
@@ -209,7 +273,10 @@ class ServerBudget:
             self._grant_slots()
             return
         waiter = self._next_waiter(pool)
-        if waiter is None:
+        if waiter is None and self._closed:
+            self._open -= 1
+            self._discard(connection, graceful=True)
+        elif waiter is None:
             pool.idle.append((connection, self._clock()))
             self._schedule_reaper()
         elif waiter.pool is pool:
@@ -228,8 +295,17 @@ class ServerBudget:
             self._open += 1
             self._hand(waiter, _Slot())
 
+    def _enqueue(self, waiter: _Waiter[Any]) -> None:
+        self._waiters.append(waiter)
+        waiter.pool.waiters.append(waiter)
+        self._waiting += 1
+
+    def _leave(self, waiter: _Waiter[Any]) -> None:
+        waiter.gone = True
+        self._waiting -= 1
+
     def _hand(self, waiter: _Waiter[Any], grant: Any) -> None:
-        self._waiters.remove(waiter)
+        self._leave(waiter)
         waiter.pool.reserve()
         waiter.future.set_result(grant)
 
@@ -244,7 +320,10 @@ class ServerBudget:
         if not graceful or connection.is_closed():
             connection.terminate()
             return None
-        task = asyncio.ensure_future(_close_quietly(connection))
+        return self._track(asyncio.ensure_future(_close_quietly(connection)))
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Keep background work on connections until it ends (``close`` waits for it)."""
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return task
@@ -294,6 +373,8 @@ class DatabasePool(Generic[C]):
         self._connect = connect
         self.idle: list[tuple[C, float]] = []
         self.lent: set[C] = set()
+        self.waiters: deque[_Waiter[C]] = deque()  # this database's, in arrival order
+        self._settling: set[C] = set()
         self._reserved = 0  # slots granted to callers still opening or receiving one
 
     @property
@@ -302,9 +383,19 @@ class DatabasePool(Generic[C]):
         return len(self.lent) + self._reserved
 
     @property
+    def held(self) -> int:
+        """Connections this database holds: lent, being opened, or idle."""
+        return self.in_use + len(self.idle)
+
+    @property
     def below_cap(self) -> bool:
-        """Whether this database may hold one more connection."""
-        return self.in_use + len(self.idle) < self.cap
+        """Whether this database may hold one more connection.
+
+        Its cap is its ``pool_size``, and at most an equal share of the budget
+        among the server's databases (at least one): shares that start even need
+        no connection moved later, and every move costs a new session.
+        """
+        return self.held < min(self.cap, self.budget.share)
 
     def reserve(self) -> None:
         """Count a connection granted to a caller before it has it in hand."""
@@ -324,11 +415,30 @@ class DatabasePool(Generic[C]):
         self.give_back(connection)
 
     def give_back(self, connection: C, *, healthy: bool = True) -> None:
-        """Synchronous ``release``: for callers that cannot await (a terminate)."""
-        if connection not in self.lent:
+        """Synchronous ``release``: for callers that cannot await (a terminate).
+
+        A connection still busy on its own (the cancel of an abandoned query on
+        its way to the server) settles in the background first, still counted:
+        cutting it now would also cut the cancel, and the query would run on.
+        """
+        if connection not in self.lent or connection in self._settling:
             return  # already given back (a stale connection closed, then released)
+        if healthy and not connection.is_closed() and not connection.is_reusable():
+            self._settling.add(connection)
+            self.budget._track(asyncio.ensure_future(self._settle(connection)))
+            return
         self.lent.discard(connection)
-        self.budget._give_back(self, connection, healthy=healthy and not connection.is_closed())
+        self.budget._give_back(self, connection, healthy=healthy and connection.is_reusable())
+
+    async def _settle(self, connection: C) -> None:
+        try:
+            await asyncio.wait_for(connection.settle(), CLOSE_TIMEOUT)
+        except (Exception, asyncio.CancelledError):
+            pass  # cut below
+        finally:
+            self._settling.discard(connection)
+            self.lent.discard(connection)
+            self.budget._give_back(self, connection, healthy=connection.is_reusable())
 
     async def take(self, timeout: float | None) -> C:  # noqa: ASYNC109 (asyncpg's shape)
         """A connection for this database, waiting at most ``timeout`` seconds for one."""
@@ -362,12 +472,12 @@ class DatabasePool(Generic[C]):
         budget = self.budget
         future: asyncio.Future[C | _Slot] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(self, budget._clock(), future)
-        budget._waiters.append(waiter)
+        budget._enqueue(waiter)
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
-            if waiter in budget._waiters:
-                budget._waiters.remove(waiter)
+            if not waiter.gone:
+                budget._leave(waiter)
             elif waiter.future.done() and not waiter.future.cancelled():
                 self._return_unused(waiter.future.result())
             if isinstance(exc, TimeoutError):

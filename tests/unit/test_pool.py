@@ -33,11 +33,17 @@ class FakeConnection:
     def is_closed(self) -> bool:
         return self.closed
 
+    def is_reusable(self) -> bool:
+        return not self.closed
+
     def terminate(self) -> None:
         self.closed = True
 
     async def close_for_good(self) -> None:
         self.closed = True
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0)
 
 
 class Server:
@@ -196,6 +202,58 @@ def test_within_the_patience_a_connection_stays_with_its_database() -> None:
     run(scenario)
     assert served == ["busy", "quiet"]
     assert [c.database for c in server.opened] == ["busy", "quiet"]
+
+
+def test_a_connection_never_moves_to_a_database_that_holds_more() -> None:
+    # As many databases as connections: moving one to a database that wants a
+    # second would reopen a session per fetch; each keeps its own instead.
+    clock = Clock()
+    server = Server()
+    budget = budget_with(2, clock)
+    first = budget.pool("first", 10, server.connector("first"))
+    second = budget.pool("second", 10, server.connector("second"))
+    served: list[str] = []
+
+    async def fetch(pool: DatabasePool[FakeConnection]) -> None:
+        connection = await pool.acquire(timeout=10)
+        served.append(pool.name)
+        await pool.release(connection)
+
+    async def scenario() -> None:
+        a = await first.acquire(timeout=1)
+        b = await second.acquire(timeout=1)
+        wants_a_second = asyncio.ensure_future(fetch(second))  # the oldest waiter
+        await settle()
+        own = asyncio.ensure_future(fetch(first))
+        await settle()
+        clock.now += 10 * HANDOFF_PATIENCE
+        await first.release(a)  # "second" still holds b: a stays with "first"
+        await settle()
+        await second.release(b)
+        await asyncio.gather(wants_a_second, own)
+
+    run(scenario)
+    assert served == ["first", "second"]
+    assert len(server.opened) == 2  # no session was reopened
+
+
+def test_a_database_holds_at_most_an_equal_share_of_the_budget() -> None:
+    # Two databases on a budget of 4: one busy database gets 2, not all 4, so the
+    # other's first fetches never need a connection moved (a new session each).
+    server = Server()
+    budget = budget_with(4)
+    busy = budget.pool("busy", 10, server.connector("busy"))
+    budget.pool("quiet", 10, server.connector("quiet"))
+
+    async def scenario() -> None:
+        held = [await busy.acquire(timeout=1), await busy.acquire(timeout=1)]
+        with pytest.raises(ConnectionWaitTimeout):
+            await busy.acquire(timeout=0.01)
+        for connection in held:
+            await busy.release(connection)
+
+    run(scenario)
+    assert len(server.opened) == 2
 
 
 def test_an_idle_connection_of_another_database_makes_room() -> None:

@@ -47,11 +47,27 @@ class LentConnection(asyncpg.Connection):
     #: SQLAlchemy's prepared statements for this connection, made on first use.
     orm_statements: Any = None
 
+    def is_reusable(self) -> bool:
+        """Open, with no query being cancelled and no transaction left open.
+
+        A fetch abandoned at the deadline leaves its connection cancelling the
+        query; the pool lets it ``settle`` before lending it again (as asyncpg's
+        own pool does), and cuts a connection left inside a transaction.
+        """
+        if self.is_closed() or self.is_in_transaction():
+            return False
+        return not self._protocol._is_cancelling()  # type: ignore[attr-defined]
+
+    async def settle(self) -> None:
+        """Wait until the cancel request of an abandoned query has been answered."""
+        if self._protocol._is_cancelling():  # type: ignore[attr-defined]
+            await self._protocol._wait_for_cancellation()  # type: ignore[attr-defined]
+
     async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 (asyncpg's)
         """Give the connection back to its pool (with a ``timeout``: close it for good)."""
         home = self.home
-        if home is not None and timeout is None and not self.is_closed():
-            home.give_back(self)
+        if home is not None and timeout is None:
+            home.give_back(self)  # cut there if it is not fit to lend again
             return
         await self.close_for_good(timeout)
 
