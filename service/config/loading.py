@@ -14,12 +14,15 @@ stream_idle_timeout = 30.0    # seconds a client may accept nothing before it is
 response_timeout = 60.0       # seconds a non-streamed answer may take to send
 probe_timeout = 0.5           # seconds each source may take to answer a /readyz ping
 ids_check_interval = 60.0     # seconds between checks of each source's rows against its ids
+server_connections = 64       # connections open to one database server at most (all workers)
+idle_connection_timeout = 60.0  # seconds an unused connection stays open
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
 table = "data_1"
 access = "raw"                # "raw" (asyncpg + SQL) or "orm" (SQLAlchemy)
-pool_size = 10                # optional: connections kept for this source
+pool_size = 10                # optional: connections its database may hold
+pgbouncer = false             # optional: the DSN is a PgBouncer in transaction mode
 ids = [[1, 10], [31, 40]]     # optional: the id ranges this source holds
 breaker_failures = 5          # optional: failures in a row that open its breaker (0: never)
 breaker_cooldown = 10.0       # optional: seconds before an open breaker lets a trial through

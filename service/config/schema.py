@@ -25,6 +25,13 @@ MAX_TIMEOUT = 600.0
 #: Connections kept per source unless ``pool_size`` says otherwise.
 DEFAULT_POOL_SIZE = 10
 MAX_POOL_SIZE = 100
+#: Connections the service opens to one database server at most, all its databases
+#: and workers together: a stock PostgreSQL allows 100, 3 of them for superusers,
+#: which leaves a third of the server to everyone else.
+DEFAULT_SERVER_CONNECTIONS = 64
+MAX_SERVER_CONNECTIONS = 100_000
+#: Seconds an unused connection stays open before it is closed.
+DEFAULT_IDLE_CONNECTION_TIMEOUT = 60.0
 #: Longest breaker cool-down accepted, in seconds.
 MAX_COOLDOWN = 3600.0
 #: Data requests one worker serves at once before it answers 503: enough for
@@ -156,6 +163,10 @@ class SourceConfig:
     pool_size: int = setting(
         DEFAULT_POOL_SIZE, Rule(Kind.WHOLE, "connections kept for this source", 1, MAX_POOL_SIZE)
     )
+    pgbouncer: bool = setting(
+        False,
+        Rule(Kind.FLAG, "the DSN is a PgBouncer in transaction mode: no prepared statements"),
+    )
     ids: IdRanges | None = None
     """The id ranges the source holds, inclusive, sorted; None when undeclared."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
@@ -211,6 +222,20 @@ class Config:
     )
     probe_timeout: float = _seconds(
         DEFAULT_PROBE_TIMEOUT, "seconds each source may take to answer /readyz", MAX_TIMEOUT
+    )
+    server_connections: int = setting(
+        DEFAULT_SERVER_CONNECTIONS,
+        Rule(
+            Kind.WHOLE,
+            "connections open to one database server at most (host:port; all workers)",
+            1,
+            MAX_SERVER_CONNECTIONS,
+        ),
+    )
+    idle_connection_timeout: float = _seconds(
+        DEFAULT_IDLE_CONNECTION_TIMEOUT,
+        "seconds an unused connection stays open before it is closed",
+        MAX_IO_TIMEOUT,
     )
     ids_check_interval: float = _seconds(
         DEFAULT_IDS_CHECK_INTERVAL,

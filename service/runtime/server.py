@@ -35,7 +35,7 @@ from service.dbinit import init_source
 from service.runtime import stopping
 from service.runtime.heap import settle_heap
 from service.runtime.writeguard import GuardedConfig, install
-from service.sources import open_sources
+from service.sources import budgets_for, open_sources
 from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
 from service.web import create_app
@@ -98,13 +98,16 @@ async def serve(
     draining = trio.Event()  # set when shutdown begins: open streams end early
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)
-        async with open_sources(config, bridge) as members, trio.open_nursery() as nursery:
+        budgets = budgets_for(config)
+        async with open_sources(config, bridge, budgets) as members, trio.open_nursery() as nursery:
             collector = Collector(members, config.timeout, probe_timeout=config.probe_timeout)
             if not await _first_ids_check(collector, draining):
                 return  # asked to stop while checking: nothing was served yet
             checks = trio.CancelScope()
             nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
-            app = _app(config, collector, nursery, draining, Metrics(metrics_dir))
+            metrics = Metrics(metrics_dir)
+            metrics.watch_connections(budgets.usage)
+            app = _app(config, collector, nursery, draining, metrics)
             hconfig = hypercorn_config(host, port, config.timeout, config.stream_idle_timeout)
             install()
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -23,10 +24,13 @@ def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
 
     The parent binds the socket and hands it to each worker (as Hypercorn's own
     multi-worker mode does), so the kernel spreads connections among them. Each
-    worker has its own asyncio loop and pools: ``pool_size`` is per worker; the
-    workers share one set of metrics (``service.web.metrics``). SIGINT or SIGTERM
+    worker has its own asyncio loop and pools: ``pool_size`` is per worker, and each
+    worker gets an equal share of ``server_connections`` (the budget is the whole
+    service's); the workers share one set of metrics (``service.web.metrics``). SIGINT or SIGTERM
     to the parent is passed on, and each worker shuts down gracefully.
     """
+    share = max(1, config.server_connections // workers)
+    config = dataclasses.replace(config, server_connections=share)
     hconfig = hypercorn_config(host, port, config.timeout)
     try:
         sockets = hconfig.create_sockets()

@@ -1,7 +1,8 @@
 """Source implementations behind the core's ``Source`` protocol.
 
-``postgres/raw``  hand-written SQL over an asyncpg pool
-``postgres/orm``  SQLAlchemy AsyncSession with a mapped class
+``pool``          connections under a budget per database server, one pool per database
+``postgres/raw``  hand-written SQL over pooled asyncpg connections
+``postgres/orm``  SQLAlchemy AsyncSession with a mapped class, on the same pools
 
 Each engine's drivers run on the trio-asyncio loop through :mod:`service.sources.bridge`;
 :mod:`service.sources.factory` picks the implementation for a source's config.
@@ -19,6 +20,7 @@ from service.config import Config
 from service.core import Member
 from service.sources.bridge import AsyncioBridge
 from service.sources.factory import open_source
+from service.sources.pool import Budgets
 
 log = logging.getLogger("collector.sources")
 
@@ -28,33 +30,38 @@ CLOSE_GRACE = 5.0
 
 
 @asynccontextmanager
-async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[list[Member]]:
-    """Create every configured source, and close their pools on exit.
+async def open_sources(
+    config: Config, bridge: AsyncioBridge, budgets: Budgets | None = None
+) -> AsyncIterator[list[Member]]:
+    """Create every configured source, and close their connections on exit.
 
     No connection is opened here: a source that is down must not delay start-up.
+    Every source draws from ``budgets`` (by default, one made from ``config``).
     """
+    budgets = budgets if budgets is not None else budgets_for(config)
     members: list[Member] = []
-    closers: list[Callable[[], Awaitable[None]]] = []
-    terminators: list[Callable[[], None]] = []
+    closers: list[Callable[[], Awaitable[None]]] = [budgets.close]
     try:
         for source in config.sources:
-            opened = await open_source(source, bridge, config.timeout)
-            closers.append(opened.close)
-            if opened.terminate is not None:
-                terminators.append(opened.terminate)
+            opened = await open_source(source, bridge, config.timeout, budgets)
+            if opened.close is not None:
+                closers.append(opened.close)
             members.append(Member(opened.source, ids=source.ids, breaker=source.breaker))
         yield members
     finally:
-        await _close(bridge, closers, terminators)
+        await _close(bridge, closers, budgets)
+
+
+def budgets_for(config: Config) -> Budgets:
+    """The connection budgets that ``config`` asks for, in this process."""
+    return Budgets(config.server_connections, config.idle_connection_timeout)
 
 
 async def _close(
-    bridge: AsyncioBridge,
-    closers: list[Callable[[], Awaitable[None]]],
-    terminators: list[Callable[[], None]],
+    bridge: AsyncioBridge, closers: list[Callable[[], Awaitable[None]]], budgets: Budgets
 ) -> None:
     # Shielded: this runs while the server is being torn down, possibly because of
-    # a cancellation, and pools left open would hold server connections.
+    # a cancellation, and connections left open would hold server connections.
     with trio.move_on_after(CLOSE_GRACE) as scope:
         scope.shield = True
         await bridge.drain()
@@ -62,5 +69,4 @@ async def _close(
             await bridge.run(close)
     if scope.cancelled_caught:
         log.warning("sources did not close within %.0f s; cutting connections", CLOSE_GRACE)
-        for terminate in terminators:
-            terminate()
+        budgets.terminate()

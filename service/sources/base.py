@@ -25,8 +25,6 @@ log = logging.getLogger("collector.sources")
 #: before Trio stops waiting. Trio's cancel scope remains the authority on the
 #: deadline; this only keeps the abandoned side short-lived.
 DRIVER_TIMEOUT_MARGIN = 0.05
-#: Seconds an idle pooled connection is kept before it is closed.
-IDLE_CONNECTION_LIFETIME = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +32,9 @@ class Opened:
     """A source made by an engine's opener, and how to let go of its connections."""
 
     source: Source
-    close: Callable[[], Awaitable[None]]
-    """Asyncio-flavoured: close the pool gracefully at shutdown."""
-    terminate: Callable[[], None] | None = None
-    """Cut the remaining connections when ``close`` overran its grace."""
+    close: Callable[[], Awaitable[None]] | None = None
+    """Asyncio-flavoured: let go of what the source holds beyond its pool (at shutdown;
+    the pools themselves belong to :class:`~service.sources.pool.Budgets`)."""
 
 
 class SourceDataError(Exception):

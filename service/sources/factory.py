@@ -1,7 +1,7 @@
 """From a source's config to an open source: a registry of engines and their access modes.
 
-Why a table and not a chain of ifs: a new engine or access mode is one entry, and the
-place where a per-source connection budget will be applied is this one call.
+Why a table and not a chain of ifs: a new engine or access mode is one entry. Every
+opener draws its connections from the process's :class:`~service.sources.pool.Budgets`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from service.config import Access, SourceConfig
 from service.sources import postgres
 from service.sources.base import DriverLimits, Opened
 from service.sources.bridge import AsyncioBridge
+from service.sources.pool import Budgets
 from service.sources.postgres import Opener
 
 #: Engine name -> its openers by access mode.
@@ -23,7 +24,9 @@ def engine_of(source: SourceConfig) -> str:
     return "postgres"
 
 
-async def open_source(source: SourceConfig, bridge: AsyncioBridge, deadline: float) -> Opened:
+async def open_source(
+    source: SourceConfig, bridge: AsyncioBridge, deadline: float, budgets: Budgets
+) -> Opened:
     """Open one configured source under the collection deadline (no connection yet)."""
     opener = ENGINES[engine_of(source)][source.access]
-    return await opener(source, bridge, DriverLimits.for_source(source.name, deadline))
+    return await opener(source, bridge, DriverLimits.for_source(source.name, deadline), budgets)

@@ -4,6 +4,7 @@ collector_source_fetch_seconds{source}            histogram of fetch durations
 collector_source_outcomes_total{source,status}    outcomes: ok, timeout, error, skipped
 collector_breaker_state{source}                   0 closed, 1 half-open, 2 open
 collector_source_ids_state{source}                0 verified, 1 unknown, 2 violated
+collector_server_connections{server,state}        open, in_use, waiting, limit (the budget)
 collector_requests_in_flight                      HTTP requests being served
 collector_http_responses_total{code}              responses sent, by status code
 
@@ -14,7 +15,9 @@ workers (the dead ones included, so counters never go down), in-flight requests
 are summed over the live workers, and a breaker's state is the worst (highest)
 over the live workers, each as of its last fetch of that source or scrape. A
 source's ids state is likewise the worst over the live workers (each checks on
-its own), as of each one's last check or scrape.
+its own), as of each one's last check or scrape. A server's connections are
+summed over the live workers (each holds its share of the budget), as of each
+one's last scrape.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,40 +52,65 @@ FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 #: Higher is worse, as for breakers, so the multiprocess maximum is the worst worker.
 IDS_STATE_VALUES = {IdsState.VERIFIED: 0, IdsState.UNKNOWN: 1, IdsState.VIOLATED: 2}
+IDS_STATE_NAME = "collector_source_ids_state"
 IDS_STATE_HELP = "Declared ids per source: 0 verified, 1 unknown (not pruned), 2 violated."
+BREAKER_NAME = "collector_breaker_state"
+BREAKER_HELP = "Circuit breaker state per source: 0 closed, 1 half-open, 2 open."
+CONNECTIONS_NAME = "collector_server_connections"
+CONNECTIONS_HELP = (
+    "Connections per database server: open, in_use (lent or being opened), "
+    "waiting (fetches waiting for one), limit (the budget)."
+)
+CONNECTION_STATES = ("open", "in_use", "waiting", "limit")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: prometheus-client reads this variable when it is first imported: set, every
 #: value lives in a file under that directory, shared by the worker processes.
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class _BreakerGauge(MetricsCollector):
-    """Reads breaker states at scrape time, so the gauge is never stale."""
+class ConnectionUsage(Protocol):
+    """One database server's connections, as the sources' budgets report them."""
 
-    def __init__(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
-        self._states = states
+    @property
+    def server(self) -> str:
+        """The server, as ``host:port``."""
+        ...
+
+    @property
+    def open(self) -> int:
+        """Connections open, idle or lent."""
+        ...
+
+    @property
+    def in_use(self) -> int:
+        """Connections lent, or being opened for a fetch."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Fetches waiting for a connection."""
+        ...
+
+    @property
+    def limit(self) -> int:
+        """The budget: open never exceeds it."""
+        ...
+
+
+#: A gauge's values by label values, read when it is scraped.
+Readings = Callable[[], Mapping[tuple[str, ...], float]]
+
+
+class _ScrapeGauge(MetricsCollector):
+    """A gauge read at scrape time, so it is never stale (one process only)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], read: Readings) -> None:
+        self._name, self._doc, self._labels, self._read = name, doc, labels, read
 
     def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "collector_breaker_state",
-            "Circuit breaker state per source: 0 closed, 1 half-open, 2 open.",
-            labels=["source"],
-        )
-        for source, state in self._states().items():
-            gauge.add_metric([source], BREAKER_VALUES[state])
-        yield gauge
-
-
-class _IdsGauge(MetricsCollector):
-    """Reads each declared source's ids state at scrape time."""
-
-    def __init__(self, states: Callable[[], Mapping[str, IdsState]]) -> None:
-        self._states = states
-
-    def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily("collector_source_ids_state", IDS_STATE_HELP, labels=["source"])
-        for source, state in self._states().items():
-            gauge.add_metric([source], IDS_STATE_VALUES[state])
+        gauge = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+        for labels, value in self._read().items():
+            gauge.add_metric(list(labels), value)
         yield gauge
 
 
@@ -100,6 +129,7 @@ class Metrics:
         self._shared_dir = shared_dir
         self._breaker_states: Callable[[], Mapping[str, BreakerState]] = dict
         self._ids_states: Callable[[], Mapping[str, IdsState]] = dict
+        self._usage: Callable[[], Iterable[ConnectionUsage]] = list
         self.registry = CollectorRegistry()
         self.fetch_seconds = Histogram(
             "collector_source_fetch_seconds",
@@ -121,18 +151,25 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.breaker_state = Gauge(
-            "collector_breaker_state",
-            "Circuit breaker state per source: 0 closed, 1 half-open, 2 open.",
+            BREAKER_NAME,
+            BREAKER_HELP,
             ["source"],
             registry=None,  # exported only in multiprocess mode; see watch_breakers
             multiprocess_mode="livemax",
         )
         self.ids_state = Gauge(
-            "collector_source_ids_state",
+            IDS_STATE_NAME,
             IDS_STATE_HELP,
             ["source"],
             registry=None,  # exported only in multiprocess mode; see watch_ids
             multiprocess_mode="livemax",
+        )
+        self.connections = Gauge(
+            CONNECTIONS_NAME,
+            CONNECTIONS_HELP,
+            ["server", "state"],
+            registry=None,  # exported only in multiprocess mode; see watch_connections
+            multiprocess_mode="livesum",
         )
         self.responses = Counter(
             "collector_http_responses",
@@ -149,7 +186,9 @@ class Metrics:
         """
         self._breaker_states = states
         if self._shared_dir is None:
-            self.registry.register(_BreakerGauge(states))
+            self.registry.register(
+                _ScrapeGauge(BREAKER_NAME, BREAKER_HELP, ["source"], self._breaker_readings)
+            )
         else:
             self._write_breakers()
 
@@ -157,9 +196,36 @@ class Metrics:
         """Export the declared-ids states that ``states`` reports (as for breakers)."""
         self._ids_states = states
         if self._shared_dir is None:
-            self.registry.register(_IdsGauge(states))
+            self.registry.register(
+                _ScrapeGauge(IDS_STATE_NAME, IDS_STATE_HELP, ["source"], self._ids_readings)
+            )
         else:
             self._write_ids()
+
+    def watch_connections(self, usage: Callable[[], Iterable[ConnectionUsage]]) -> None:
+        """Export each database server's connections (open, in use, waiting, budget)."""
+        self._usage = usage
+        if self._shared_dir is None:
+            self.registry.register(
+                _ScrapeGauge(
+                    CONNECTIONS_NAME, CONNECTIONS_HELP, ["server", "state"], self._connections
+                )
+            )
+        else:
+            self._write_connections()
+
+    def _breaker_readings(self) -> dict[tuple[str, ...], float]:
+        return {(s,): BREAKER_VALUES[state] for s, state in self._breaker_states().items()}
+
+    def _ids_readings(self) -> dict[tuple[str, ...], float]:
+        return {(s,): IDS_STATE_VALUES[state] for s, state in self._ids_states().items()}
+
+    def _connections(self) -> dict[tuple[str, ...], float]:
+        readings: dict[tuple[str, ...], float] = {}
+        for usage in self._usage():
+            for state in CONNECTION_STATES:
+                readings[(usage.server, state)] = getattr(usage, state)
+        return readings
 
     def observe(self, outcome: Outcome) -> None:
         """Record one source outcome."""
@@ -174,6 +240,7 @@ class Metrics:
             return generate_latest(self.registry)
         self._write_breakers()
         self._write_ids()
+        self._write_connections()
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=str(self._shared_dir))  # type: ignore[no-untyped-call]
         return generate_latest(merged)
@@ -181,6 +248,10 @@ class Metrics:
     def _write_breakers(self) -> None:
         for source, state in self._breaker_states().items():
             self.breaker_state.labels(source).set(BREAKER_VALUES[state])
+
+    def _write_connections(self) -> None:
+        for labels, value in self._connections().items():
+            self.connections.labels(*labels).set(value)
 
     def _write_ids(self) -> None:
         for source, state in self._ids_states().items():

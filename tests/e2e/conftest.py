@@ -52,6 +52,8 @@ def write_config(
         f"coalesce = {'true' if coalesce and config.coalesce else 'false'}",
         f"probe_timeout = {config.probe_timeout}",
         f"ids_check_interval = {config.ids_check_interval}",
+        f"server_connections = {config.server_connections}",
+        f"idle_connection_timeout = {config.idle_connection_timeout}",
     ]
     for source in config.sources:
         lines += [
@@ -61,6 +63,7 @@ def write_config(
             f'table = "{source.table}"',
             f'access = "{source.access}"',
             f"pool_size = {source.pool_size}",
+            f"pgbouncer = {'true' if source.pgbouncer else 'false'}",
             f"breaker_failures = {source.breaker.failures}",
             f"breaker_cooldown = {source.breaker.cooldown}",
         ]

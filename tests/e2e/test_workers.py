@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from service.config import Config
+from service.config import DEFAULT_SERVER_CONNECTIONS, Config
 from tests.e2e.conftest import running_server, write_config
 
 REQUESTS = 40
@@ -59,7 +59,18 @@ async def test_every_scrape_counts_the_requests_of_every_worker(
         assert sample(text, "collector_http_responses_total", code="404") == sent, text
         assert sample(text, "collector_requests_in_flight") >= 1  # the scrape itself
         assert sample(text, "collector_breaker_state", source="source_1") == 0
+        # Each worker holds half of the server's budget; the scrape shows the whole.
+        assert budget_limits(text) == [DEFAULT_SERVER_CONNECTIONS], text
     assert len(workers) == 2, "the requests did not reach both workers"
+
+
+def budget_limits(text: str) -> list[float]:
+    """The ``limit`` sample of each server in ``collector_server_connections``."""
+    return [
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("collector_server_connections{") and 'state="limit"' in line
+    ]
 
 
 def served_by(output: list[str]) -> set[int]:

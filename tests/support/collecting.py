@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
+from typing import Any
 
 from service.config import Config, SourceConfig
 from service.core import Answer, Collector, Query, Row
@@ -13,14 +14,19 @@ from service.sources.bridge import AsyncioBridge
 
 @asynccontextmanager
 async def collector_for(
-    bridge: AsyncioBridge, sources: tuple[SourceConfig, ...], timeout: float = 2.0
+    bridge: AsyncioBridge,
+    sources: tuple[SourceConfig, ...],
+    timeout: float = 2.0,
+    **settings: Any,
 ) -> AsyncIterator[Collector]:
     """A collector over ``sources`` opened the way the server opens them.
 
     As the server does before serving, the declared ids are checked first, so
-    sources that hold only their declared ids are pruned.
+    sources that hold only their declared ids are pruned. ``settings`` are
+    further config keys (``server_connections=3``, say).
     """
-    async with open_sources(Config(sources=sources, timeout=timeout), bridge) as members:
+    config = Config(sources=sources, timeout=timeout, **settings)
+    async with open_sources(config, bridge) as members:
         collector = Collector(members, timeout)
         await collector.declared.check()
         yield collector

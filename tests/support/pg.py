@@ -132,6 +132,43 @@ def reference_databases(server_dsn: str) -> Iterator[Config]:
         trio_asyncio.run(_drop_all, server_dsn, [s.dsn for s in config.sources])
 
 
+@contextmanager
+def fleet_databases(server_dsn: str, count: int, rows: int = 20) -> Iterator[list[str]]:
+    """``count`` throwaway databases, each with a table ``rows_k`` of ``rows`` rows.
+
+    Database ``k`` (from 0) holds the ids ``k * rows + 1`` to ``(k + 1) * rows``, so
+    a fan-out over all of them returns ``count * rows`` distinct, ordered ids.
+    """
+    prefix = f"collector_fleet_{uuid.uuid4().hex[:8]}"
+    dsns = [with_database(server_dsn, f"{prefix}_{k}") for k in range(count)]
+    trio_asyncio.run(_create_fleet, server_dsn, dsns, rows)
+    try:
+        yield dsns
+    finally:
+        trio_asyncio.run(_drop_all, server_dsn, dsns)
+
+
+async def _create_fleet(server_dsn: str, dsns: list[str], rows: int) -> None:
+    async def create() -> None:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            for k, dsn in enumerate(dsns):
+                await admin.execute(f'CREATE DATABASE "{urlsplit(dsn).path.lstrip("/")}"')
+                connection = await asyncpg.connect(dsn)
+                try:
+                    await connection.execute(
+                        f"CREATE TABLE rows_{k} (id INT PRIMARY KEY, name VARCHAR(255));"
+                        f"INSERT INTO rows_{k} SELECT g, 'Row ' || g"
+                        f" FROM generate_series({k * rows + 1}, {(k + 1) * rows}) AS g"
+                    )
+                finally:
+                    await connection.close()
+        finally:
+            await admin.close()
+
+    await trio_asyncio.aio_as_trio(create)()
+
+
 async def _init_all(config: Config) -> None:
     for source in config.sources:
         await trio_asyncio.aio_as_trio(init_source)(source)
@@ -159,6 +196,7 @@ def source(config: Config, name: str, **changes: object) -> SourceConfig:
         "table": original.table,
         "access": original.access,
         "pool_size": original.pool_size,
+        "pgbouncer": original.pgbouncer,
         "ids": original.ids,
         "breaker": original.breaker,
     }

@@ -1,4 +1,4 @@
-"""The directory several workers share their metrics in."""
+"""Metrics read at scrape time, and the directory several workers share them in."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.sources.pool import BudgetUsage
 from service.web.metrics import MULTIPROCESS_DIR_ENV, Metrics, shared_metrics_dir
 
 
@@ -37,3 +38,14 @@ def test_an_operators_directory_is_emptied_of_a_previous_runs_values(
 def test_shared_metrics_refuse_a_process_not_in_multiprocess_mode(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=MULTIPROCESS_DIR_ENV):
         Metrics(tmp_path)
+
+
+def test_each_servers_connections_are_read_at_scrape_time() -> None:
+    usage = [BudgetUsage("db.example:5432", limit=64, open=5, in_use=3, waiting=2)]
+    metrics = Metrics()
+    metrics.watch_connections(lambda: usage)
+    text = metrics.render().decode()
+    assert 'collector_server_connections{server="db.example:5432",state="open"} 5.0' in text
+    assert 'collector_server_connections{server="db.example:5432",state="waiting"} 2.0' in text
+    usage[0] = BudgetUsage("db.example:5432", limit=64, open=9, in_use=9, waiting=0)
+    assert 'state="open"} 9.0' in metrics.render().decode()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
-import asyncpg
 from sqlalchemy import BigInteger, Executable, Result, Select, String, func, select, text, union_all
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,10 +17,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+from sqlalchemy.util import LRUCache
 
 from service.core import IdRanges, Row, Window
 from service.sources.base import (
-    IDLE_CONNECTION_LIFETIME,
     DriverLimits,
     DriverSource,
     ReadAhead,
@@ -25,9 +29,13 @@ from service.sources.base import (
     is_stale,
 )
 from service.sources.bridge import AsyncioBridge
+from service.sources.pool import DatabasePool
+from service.sources.postgres.connections import LentConnection
 
 #: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
 SessionFactory = Callable[[], AsyncSession]
+#: Prepared statements SQLAlchemy keeps per connection (its own default).
+STATEMENT_CACHE_SIZE = 100
 _EVERYTHING = Window()
 
 
@@ -133,37 +141,69 @@ class OrmSource(DriverSource):
         return statement
 
 
-def create_engine(dsn: str, size: int, limits: DriverLimits) -> AsyncEngine:
-    """An async engine on asyncpg whose every wait is bounded by the driver timeout.
+class PooledAsyncpgDialect(PGDialect_asyncpg):
+    """SQLAlchemy's asyncpg dialect over connections that our pools lend.
 
-    The DSN goes to ``asyncpg.connect`` as text, exactly as a raw source's pool
-    gets it, so both access modes read it the same way (TLS parameters included:
-    SQLAlchemy's URL handling would pass ``sslmode`` on as an unknown keyword).
-    Connections are opened lazily, so a source that is down at start-up does not
-    delay the service.
+    The engines pool nothing (``NullPool``): every checkout borrows a connection
+    from the database's :class:`~service.sources.pool.DatabasePool` and every
+    checkin gives it back. SQLAlchemy then sees a new connection each time, and
+    would redo its per-connection set-up (two type-codec queries) and start an
+    empty prepared-statement cache each time; both belong to the real connection
+    instead, so they happen once per connection, as with SQLAlchemy's own pool.
     """
 
-    async def connect() -> asyncpg.Connection:
-        connection: asyncpg.Connection = await asyncpg.connect(
-            dsn,
-            timeout=limits.timeout,
-            command_timeout=limits.timeout,
-            server_settings=limits.server_settings(),
-        )
-        return connection
+    # Nothing here changes how statements compile: SQLAlchemy's compiled cache holds.
+    supports_statement_cache = True
 
+    def on_connect(self) -> Callable[[Any], None] | None:
+        """SQLAlchemy's set-up, run once per lent connection; its statement cache kept."""
+        set_up = super().on_connect()  # type: ignore[no-untyped-call]
+
+        def connect(adapted: Any) -> None:
+            lent = adapted._connection
+            if not lent.orm_ready:
+                if set_up is not None:
+                    set_up(adapted)
+                lent.orm_ready = True
+            if lent.caches_statements:
+                if lent.orm_statements is None:
+                    lent.orm_statements = LRUCache(STATEMENT_CACHE_SIZE)
+                adapted._prepared_statement_cache = lent.orm_statements
+
+        return connect
+
+
+registry.register("postgresql.pooled_asyncpg", __name__, "PooledAsyncpgDialect")
+
+
+def create_engine(
+    pool: DatabasePool[LentConnection], limits: DriverLimits, *, pgbouncer: bool
+) -> AsyncEngine:
+    """An async engine whose connections come from ``pool``, every wait bounded.
+
+    The pool opens them with the DSN as text, exactly as a raw source's are, so
+    both access modes read it the same way (TLS parameters included: SQLAlchemy's
+    URL handling would pass ``sslmode`` on as an unknown keyword). Behind PgBouncer
+    the pooled connections cache no statements, and SQLAlchemy's own cache is off
+    as well, with names that cannot collide on a shared server connection.
+    """
+    connect_args: dict[str, Any] = {"prepared_statement_cache_size": 0}
+    if pgbouncer:
+        connect_args["prepared_statement_name_func"] = _unique_statement_name
     return create_async_engine(
-        "postgresql+asyncpg://",
-        async_creator=connect,
+        "postgresql+pooled_asyncpg://",
+        async_creator=partial(pool.take, limits.timeout),
+        connect_args=connect_args,
+        poolclass=NullPool,
         # Each fetch is one SELECT: in autocommit the driver sends no BEGIN before
-        # it and the pool no ROLLBACK after it, two round trips saved per request.
+        # it and no ROLLBACK after it, two round trips saved per request.
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,
-        pool_size=size,
-        max_overflow=0,
-        pool_timeout=limits.timeout,
-        pool_recycle=IDLE_CONNECTION_LIFETIME,
     )
+
+
+def _unique_statement_name() -> str:
+    return f"__collector_{uuid.uuid4().hex}__"
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

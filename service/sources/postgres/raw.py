@@ -1,4 +1,4 @@
-"""A source read with hand-written SQL over an asyncpg connection pool."""
+"""A source read with hand-written SQL over pooled asyncpg connections."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import asyncpg
 
 from service.core import IdRanges, Row, Window
 from service.sources.base import (
-    IDLE_CONNECTION_LIFETIME,
     DriverLimits,
     DriverSource,
     ReadAhead,
@@ -60,7 +59,11 @@ class Acquiring(Protocol):
 
 
 class RawPool(Protocol):
-    """The part of an asyncpg pool this source and its streams use (a seam for tests)."""
+    """What this source and its streams borrow connections from (a seam for tests).
+
+    The shape of asyncpg's pool; the service passes a database's
+    :class:`~service.sources.pool.DatabasePool`.
+    """
 
     def acquire(self, *, timeout: float | None = None) -> Acquiring:
         """Borrow a connection, for a block (``async with``) or until ``release``."""
@@ -170,33 +173,6 @@ class RawSource(DriverSource):
         records = await self._fetch_pooled(self._lowest_in, lows, highs)
         found = records[0]["lowest"] if records else None
         return None if found is None else int(found)
-
-
-async def _keep_session(connection: object) -> None:
-    """Skip asyncpg's reset query on release: these sessions only ever SELECT.
-
-    By default every release runs ``RESET ALL; UNLISTEN *; ...``: a round trip per
-    request that undoes nothing here, since no query of ours sets session state.
-    """
-
-
-async def create_pool(dsn: str, size: int, limits: DriverLimits) -> asyncpg.Pool:
-    """An asyncpg pool that opens no connection up front (asyncio-flavoured).
-
-    With ``min_size=0`` a source that is down at start-up cannot delay or stop the
-    service; its first request simply fails and is reported.
-    """
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn,
-        reset=_keep_session,
-        min_size=0,
-        max_size=size,
-        timeout=limits.timeout,
-        command_timeout=limits.timeout,
-        max_inactive_connection_lifetime=IDLE_CONNECTION_LIFETIME,
-        server_settings=limits.server_settings(),
-    )
-    return pool
 
 
 @dataclass(frozen=True, slots=True)
