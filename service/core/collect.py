@@ -170,26 +170,40 @@ class Collector:
         seconds: float,
         results: list[tuple[Outcome, Sequence[Row]] | None],
     ) -> None:
-        window = query.window_for(guard.name)
+        """One source's part of a collection, inside its ``collector.source`` span."""
         with span(SOURCE_SPAN, {"collector.source": guard.name}) as traced:
-            start = trio.current_time()
-            rows: Sequence[Row] = ()
-            clearance = guard.clearance(window)
-            permit = None
-            if isinstance(clearance, tuple):
-                status, error = clearance
-            else:
-                permit = clearance
-                fetch = partial(guard.source.fetch, window)
-                status, rows, error = await guard.ask(permit, fetch, seconds)
-            duration = trio.current_time() - start
-            guard.verdict(permit, status, error, duration=duration, rows=len(rows))
-            stray = guard.count_stray(rows) if status is Status.OK else 0
-            outcome = guard.outcome(
-                status, rows=len(rows), duration=duration, error=error, out_of_range=stray
-            )
-            describe(traced, status, len(rows), error, seconds)
-            traced.set("collector.breaker", outcome.breaker.value)
+            await self._fetch_untraced(guard, index, query, seconds, results)
+            result = results[index]
+            if result is not None:
+                outcome = result[0]
+                describe(traced, outcome.status, outcome.rows, outcome.error, seconds)
+                traced.set("collector.breaker", outcome.breaker.value)
+
+    async def _fetch_untraced(
+        self,
+        guard: Guard,
+        index: int,
+        query: Query,
+        seconds: float,
+        results: list[tuple[Outcome, Sequence[Row]] | None],
+    ) -> None:
+        window = query.window_for(guard.name)
+        start = trio.current_time()
+        rows: Sequence[Row] = ()
+        clearance = guard.clearance(window)
+        permit = None
+        if isinstance(clearance, tuple):
+            status, error = clearance
+        else:
+            permit = clearance
+            fetch = partial(guard.source.fetch, window)
+            status, rows, error = await guard.ask(permit, fetch, seconds)
+        duration = trio.current_time() - start
+        guard.verdict(permit, status, error, duration=duration, rows=len(rows))
+        stray = guard.count_stray(rows) if status is Status.OK else 0
+        outcome = guard.outcome(
+            status, rows=len(rows), duration=duration, error=error, out_of_range=stray
+        )
         results[index] = (outcome, rows)
 
 
