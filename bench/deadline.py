@@ -9,7 +9,9 @@ starts the real ``collector serve`` (deadline 2 s, default breakers) for each
 scenario with every source behind the test suite's TCP fault proxy, and sends
 sequential requests over HTTP. The first request of a scenario runs before the
 fault (so pools hold open connections, as in production); the timed ones after.
-A final scenario measures how long a breaker takes to open and to recover.
+A scenario then measures how long a breaker takes to open and to recover, and a last
+one how fast ``Prefer: wait=0.5`` is answered with one source black-holed (its breaker
+never opening, so every request waits for it), for every answer shape.
 Everything runs on 127.0.0.1 and stops by itself; the databases are dropped after.
 """
 
@@ -30,6 +32,7 @@ import trio_asyncio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Config
+from service.core.breaker import BreakerSettings
 from service.sources.bridge import AsyncioBridge
 from tests.e2e.conftest import ProxiedService, fault_on, proxied_service
 from tests.support import pg
@@ -132,15 +135,66 @@ async def measure_breaker(config: Config, workdir: Path) -> None:
     )
 
 
+#: (label, path, Accept) of the answer shapes ``Prefer: wait`` is measured for.
+WAIT_SHAPES = [
+    ("list", "/collect-data", "application/json"),
+    ("envelope", "/collect-data", "application/vnd.collector.envelope+json"),
+    ("page of 5", "/collect-data?limit=5", "application/json"),
+    ("one id (503)", "/collect-data/5", "application/json"),
+    ("stream", "/collect-data", "application/x-ndjson"),
+]
+
+
+async def measure_wait(config: Config, requests: int, workdir: Path, wait: float = 0.5) -> None:
+    """Milliseconds to answer ``Prefer: wait`` with source_1 black-holed, per answer shape."""
+    async with trio.open_nursery() as nursery:
+        factory = pg.proxy_factory(nursery)
+        async with proxied_service(
+            config,
+            factory,
+            workdir,
+            timeout=config.timeout,
+            proxied=("source_1",),
+            source_1={"breaker": BreakerSettings(failures=0)},
+        ) as svc:
+            await svc.client.get("/collect-data")
+            await svc.proxies["source_1"].set_mode(Mode.BLACKHOLE)
+            print(
+                f"\nPrefer: wait={wait:g}, source_1 black-holed (breaker never opens), "
+                f"{requests} requests per shape"
+            )
+            print(f"{'answer':<14} {'min ms':>7} {'median':>7} {'max ms':>7}  status applied")
+            for label, path, accept in WAIT_SHAPES:
+                times, last = [], None
+                for _ in range(requests):
+                    start = trio.current_time()
+                    last = await svc.client.get(
+                        path, headers={"Prefer": f"wait={wait:g}", "Accept": accept}
+                    )
+                    times.append((trio.current_time() - start) * 1000)
+                assert last is not None
+                print(
+                    f"{label:<14} {min(times):7.1f} {statistics.median(times):7.1f} "
+                    f"{max(times):7.1f}  {last.status_code}    "
+                    f"{last.headers.get('preference-applied')}"
+                )
+        nursery.cancel_scope.cancel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5, help="timed requests per scenario")
+    parser.add_argument(
+        "--only-wait", action="store_true", help="measure only Prefer: wait (the last table)"
+    )
     parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the sources on")
     args = parser.parse_args()
     with pg.reference_databases(args.dsn) as config, tempfile.TemporaryDirectory() as workdir:
         print(f"deadline {config.timeout:g} s, {args.requests} sequential requests per scenario\n")
-        trio.run(measure_faults, config, args.requests, Path(workdir))
-        trio.run(measure_breaker, config, Path(workdir))
+        if not args.only_wait:
+            trio.run(measure_faults, config, args.requests, Path(workdir))
+            trio.run(measure_breaker, config, Path(workdir))
+        trio.run(measure_wait, config, max(args.requests, 20), Path(workdir))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,16 @@ previous one and while it was being answered), but never later than ``MAX_WAIT``
 after the group opened. A request that finds no earlier fan-out reading never
 lingers: without concurrency, coalescing adds no latency. The fan-out's sources get
 the deadline of the group's *first* request, less what it waited, so no joined
-request is answered later than its own deadline. The fan-out runs in the
+request is answered later than its own deadline.
+
+A client's own deadline (``Prefer: wait=N``, given as ``seconds_left``) is part of
+the group's key: requests join only a group asking the same N, whose first member
+arrived first, so its deadline (N after that arrival) is the earliest of the
+group's and every member is answered within its own N. Requests that share a query
+but not a wait get separate fan-outs, which costs little: a group only gathers the
+requests of the same few milliseconds, and a joiner cut off at its own deadline
+would have to be told that sources still reading for the others were missing. The
+fan-out runs in the
 service's nursery, not in a request's task, so a client that disconnects cancels
 only its own wait, never the answer of the others.
 """
@@ -48,6 +57,8 @@ class _Group:
     """The requests waiting on one fan-out that has not started yet."""
 
     opened: float
+    budget: float
+    """Seconds its sources may take from ``opened``: the timeout, or a shorter wait."""
     done: trio.Event = field(default_factory=trio.Event)
     result: Answer | None = None
     members: int = 0
@@ -70,17 +81,23 @@ class Coalescer:
         self._nursery = nursery
         self._timeout = timeout
         self._linger = linger
-        self._open: dict[Query, _Group] = {}
-        self._reading: dict[Query, trio.Event] = {}
+        self._open: dict[tuple[Query, float | None], _Group] = {}
+        self._reading: dict[tuple[Query, float | None], trio.Event] = {}
         self.fan_outs = 0
         """How many fan-outs ran: fewer than requests when requests were shared."""
 
-    async def collect(self, query: Query) -> Answer:
-        """The collection for ``query``, from a fan-out that starts after this call."""
-        group = self._open.get(query)
+    async def collect(self, query: Query, *, seconds_left: float | None = None) -> Answer:
+        """The collection for ``query``, from a fan-out that starts after this call.
+
+        ``seconds_left`` is the caller's own deadline (a ``Prefer: wait``), if shorter
+        than the timeout: the answer comes within it.
+        """
+        key = (query, seconds_left)
+        group = self._open.get(key)
         if group is None:
-            group = self._open[query] = _Group(opened=trio.current_time())
-            self._nursery.start_soon(self._fan_out, query, group)
+            budget = self._timeout if seconds_left is None else min(seconds_left, self._timeout)
+            group = self._open[key] = _Group(opened=trio.current_time(), budget=budget)
+            self._nursery.start_soon(self._fan_out, key, group)
         group.members += 1
         try:
             await group.done.wait()
@@ -89,37 +106,38 @@ class Coalescer:
             # the last one, stop the fan-out so no query is left running for nobody.
             group.members -= 1
             if group.members == 0:
-                self._close(query, group)
+                self._close(key, group)
                 group.scope.cancel()
             raise
         assert group.result is not None
         return group.result
 
-    async def _fan_out(self, query: Query, group: _Group) -> None:
+    async def _fan_out(self, key: tuple[Query, float | None], group: _Group) -> None:
+        query = key[0]
         reading: trio.Event | None = None
         try:
             with group.scope:
                 # One pass of the scheduler: requests already runnable join this group.
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                earlier = self._reading.get(query)
+                earlier = self._reading.get(key)
                 if earlier is not None:
                     with trio.move_on_at(group.opened + MAX_WAIT):
                         await earlier.wait()
                         if self._linger:
                             await trio.sleep(self._linger)
-                self._close(query, group)  # from here on, a new request opens a new group
-                reading = self._reading[query] = trio.Event()
+                self._close(key, group)  # from here on, a new request opens a new group
+                reading = self._reading[key] = trio.Event()
                 self.fan_outs += 1
-                seconds_left = self._timeout - (trio.current_time() - group.opened)
+                seconds_left = group.budget - (trio.current_time() - group.opened)
                 group.result = await self._collect(query, seconds_left=seconds_left)
         finally:
-            self._close(query, group)
+            self._close(key, group)
             if reading is not None:
                 reading.set()
-                if self._reading.get(query) is reading:
-                    del self._reading[query]
+                if self._reading.get(key) is reading:
+                    del self._reading[key]
         group.done.set()
 
-    def _close(self, query: Query, group: _Group) -> None:
-        if self._open.get(query) is group:
-            del self._open[query]
+    def _close(self, key: tuple[Query, float | None], group: _Group) -> None:
+        if self._open.get(key) is group:
+            del self._open[key]

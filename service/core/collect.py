@@ -25,11 +25,12 @@ import trio
 
 from service.core.breaker import BreakerState
 from service.core.declared import DeclaredIds
-from service.core.guard import Guard, OutcomeObserver, attempt
+from service.core.guard import Guard, OutcomeObserver, attempt, describe
 from service.core.model import Answer, Outcome, Probe, Query, Row, Status
 from service.core.paging import next_cursor
 from service.core.ports import Member, Source
 from service.core.stream import merge_streams
+from service.core.tracing import SOURCE_SPAN, span
 
 
 class Collector:
@@ -108,7 +109,12 @@ class Collector:
         return Answer(rows=rows, outcomes=tuple(outcomes), next=cursor)
 
     def stream(
-        self, query: Query, batch_size: int, stop: trio.Event | None = None
+        self,
+        query: Query,
+        batch_size: int,
+        stop: trio.Event | None = None,
+        *,
+        batch_seconds: float | None = None,
     ) -> AsyncGenerator[list[Row] | Answer, None]:
         """Yield the merged rows in chunks as they are merged, then a summary.
 
@@ -122,8 +128,14 @@ class Collector:
         Once ``stop`` is set (shutdown) the stream ends at the next row boundary:
         the summary is then marked interrupted and its cursor resumes after the
         last row yielded.
+
+        ``batch_seconds`` shortens every batch's deadline (a client's
+        ``Prefer: wait``); it never lengthens it beyond the timeout.
         """
-        return merge_streams(self._guards, query, batch_size, self._timeout, stop)
+        seconds = self._timeout
+        if batch_seconds is not None:
+            seconds = max(0.0, min(batch_seconds, self._timeout))
+        return merge_streams(self._guards, query, batch_size, seconds, stop)
 
     async def probe(self) -> tuple[Probe, ...]:
         """Ping every source concurrently under the probe deadline.
@@ -151,6 +163,23 @@ class Collector:
         return tuple(p for p in probes if p is not None)
 
     async def _fetch_one(
+        self,
+        guard: Guard,
+        index: int,
+        query: Query,
+        seconds: float,
+        results: list[tuple[Outcome, Sequence[Row]] | None],
+    ) -> None:
+        """One source's part of a collection, inside its ``collector.source`` span."""
+        with span(SOURCE_SPAN, {"collector.source": guard.name}) as traced:
+            await self._fetch_untraced(guard, index, query, seconds, results)
+            result = results[index]
+            if result is not None:
+                outcome = result[0]
+                describe(traced, outcome.status, outcome.rows, outcome.error, seconds)
+                traced.set("collector.breaker", outcome.breaker.value)
+
+    async def _fetch_untraced(
         self,
         guard: Guard,
         index: int,

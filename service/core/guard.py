@@ -19,6 +19,7 @@ from service.core.breaker import BreakerState, CircuitBreaker, Permit
 from service.core.declared import DeclaredIds, IdsState
 from service.core.model import IdRanges, Outcome, Row, Status, Window, clip_ranges
 from service.core.ports import Member, SourceError, describe_error
+from service.core.tracing import FETCH_SPAN, Span, span
 
 log = logging.getLogger("collector.core")
 
@@ -63,7 +64,7 @@ class Guard:
     ) -> tuple[Status, Sequence[Row], str | None]:
         """Run one permitted call under ``seconds``; hand the permit back if cancelled."""
         try:
-            return await attempt(call, seconds)
+            return await traced_attempt(self.name, "fetch", call, seconds)
         except BaseException:
             self.breaker.release(permit)  # cancelled from outside: no verdict on the source
             raise
@@ -213,6 +214,36 @@ async def attempt(
         else:
             status, error = Status.OK, None
     return status, rows, error
+
+
+async def traced_attempt(
+    source: str,
+    operation: str,
+    call: Callable[[], Awaitable[Sequence[Row] | None]],
+    seconds: float,
+) -> tuple[Status, Sequence[Row], str | None]:
+    """``attempt`` inside a ``collector.fetch`` span: one call to a source, traced.
+
+    The span is current while the call runs, so a source made of several servers
+    can open a child span per server it asks.
+    """
+    attributes = {"collector.source": source, "collector.operation": operation}
+    with span(FETCH_SPAN, attributes) as traced:
+        status, rows, error = await attempt(call, seconds)
+        describe(traced, status, len(rows), error, seconds)
+    return status, rows, error
+
+
+def describe(
+    traced: Span, status: Status, rows: int, error: str | None, seconds: float | None
+) -> None:
+    """The attributes every source and fetch span ends with; failed ones are marked."""
+    traced.set("collector.status", status.value)
+    traced.set("collector.rows", rows)
+    if seconds is not None:
+        traced.set("collector.deadline_s", seconds)
+    if status in (Status.TIMEOUT, Status.ERROR):
+        traced.fail(error or status.value)
 
 
 def count_outside(rows: Sequence[Row], ranges: IdRanges) -> int:

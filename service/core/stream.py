@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Sequence
 import trio
 
 from service.core.breaker import Permit
-from service.core.guard import Guard, attempt
+from service.core.guard import Guard, traced_attempt
 from service.core.model import Answer, Outcome, Query, Row, Status, Window
 from service.core.paging import cursor_at
 from service.core.ports import RowStream
@@ -59,7 +59,9 @@ class StreamState:
         """Read the next batch; a failure or an empty batch ends this source."""
         assert self.stream is not None
         start = trio.current_time()
-        self.status, batch, self.error = await attempt(self.stream.next_batch, batch_seconds)
+        self.status, batch, self.error = await traced_attempt(
+            self.guard.name, "stream.batch", self.stream.next_batch, batch_seconds
+        )
         self.batch, self.ids = list(batch), [row.id for row in batch]
         self.duration += trio.current_time() - start
         self.out_of_range += self.guard.count_stray(self.batch)

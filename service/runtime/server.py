@@ -14,6 +14,7 @@ init-db`` imports neither.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from functools import partial
@@ -32,7 +33,7 @@ from service.config import Config
 from service.core import Collector
 from service.core.coalesce import Coalescer
 from service.dbinit import init_source
-from service.runtime import stopping
+from service.runtime import stopping, tracing
 from service.runtime.heap import settle_heap
 from service.runtime.writeguard import GuardedConfig, install
 from service.sources import budgets_for, open_sources
@@ -95,6 +96,24 @@ async def serve(
     workers (see ``serve_workers``); without them this binds ``host:port`` itself.
     ``metrics_dir`` is where those workers share their metrics.
     """
+    stop_tracing = tracing.configure(os.environ)
+    try:
+        await _serve(config, host, port, sockets=sockets, worker=worker, metrics_dir=metrics_dir)
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # the spans still buffered are exported before the process ends
+
+
+async def _serve(
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    sockets: Sockets | None,
+    worker: int | None,
+    metrics_dir: Path | None,
+) -> None:
+    """``serve`` once tracing is set up."""
     draining = trio.Event()  # set when shutdown begins: open streams end early
     async with open_loop() as loop:
         bridge = AsyncioBridge(loop)

@@ -25,6 +25,9 @@ log = logging.getLogger("collector.sources")
 #: before Trio stops waiting. Trio's cancel scope remains the authority on the
 #: deadline; this only keeps the abandoned side short-lived.
 DRIVER_TIMEOUT_MARGIN = 0.05
+#: PostgreSQL's ``client_connection_check_interval`` (14+, Linux) for our sessions: a
+#: running query checks this often that its client is still connected.
+CONNECTION_CHECK_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,10 @@ class DriverLimits:
             # Least privilege in the session too: even a role that may write
             # cannot, through the collector.
             "default_transaction_read_only": "on",
+            # A connection cut while its query waits (a client that left mid-stream:
+            # the stream's connection is terminated, and the cancel request with it)
+            # is noticed by the server within this many ms, which then ends the query.
+            "client_connection_check_interval": str(CONNECTION_CHECK_MS),
         }
 
 

@@ -13,7 +13,9 @@ token parameter; it is present only when ``Collection-Complete`` is ``?0``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -161,14 +163,63 @@ def sf_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def wants_strict(prefer_headers: Iterable[str]) -> bool:
-    """Whether ``Prefer`` (RFC 7240) asks for ``handling=strict``."""
+#: A ``wait`` value we honour: seconds, in plain decimal, fractions allowed (RFC 7240
+#: writes whole seconds; ``wait=0.5`` is too useful to refuse).
+_WAIT_VALUE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What the client's ``Prefer`` headers (RFC 7240) ask for, of what we honour.
+
+    ``strict``: ``handling=strict``, an incomplete answer becomes a 503.
+    ``wait``: ``wait=N``, every source's deadline becomes at most what is left of N
+    seconds; ``wait_text`` is N as the client wrote it, echoed when applied.
+    """
+
+    strict: bool = False
+    wait: float | None = None
+    wait_text: str | None = None
+
+    def applied(self, *, strict: bool = True) -> str | None:
+        """The ``Preference-Applied`` value (None: nothing applied); ``strict`` if it can be."""
+        applied = []
+        if strict and self.strict:
+            applied.append("handling=strict")
+        if self.wait_text is not None:
+            applied.append(f"wait={self.wait_text}")
+        return ", ".join(applied) or None
+
+
+NO_PREFERENCES = Preferences()
+
+
+def preferences(prefer_headers: Iterable[str]) -> Preferences:
+    """The preferences we honour in ``Prefer`` headers; the first of each name counts.
+
+    RFC 7240 section 2: a preference given twice is taken at its first instance. A
+    ``wait`` that is not a positive number of seconds is ignored, as RFC 7240 says
+    of a preference a server does not understand: the answer is as without it.
+    """
+    seen: dict[str, str] = {}
     for header in prefer_headers:
         for preference in header.split(","):
             token, _, value = preference.split(";")[0].strip().partition("=")
-            if token.strip().lower() == "handling" and value.strip().strip('"').lower() == "strict":
-                return True
-    return False
+            name = token.strip().lower()
+            if name and name not in seen:
+                seen[name] = value.strip().strip('"')
+    if not seen:
+        return NO_PREFERENCES
+    strict = seen.get("handling", "").lower() == "strict"
+    text = seen.get("wait")
+    if text is None or not _WAIT_VALUE.fullmatch(text) or float(text) <= 0:
+        return Preferences(strict=strict) if strict else NO_PREFERENCES
+    return Preferences(strict=strict, wait=float(text), wait_text=text)
+
+
+def wants_strict(prefer_headers: Iterable[str]) -> bool:
+    """Whether ``Prefer`` (RFC 7240) asks for ``handling=strict``."""
+    return preferences(prefer_headers).strict
 
 
 def incomplete_problem(collection: Answer) -> tuple[str, int, Headers]:

@@ -23,6 +23,8 @@ from hypercorn.typing import (
     Scope,
 )
 
+from service.core import tracing
+from service.core.tracing import Tracer
 from service.logs import request_fields, request_id
 from service.runtime.memory import MemoryReleaser
 from service.runtime.writeguard import connection_writes
@@ -144,8 +146,12 @@ class RequestTelemetry:
         fields_token = request_fields.set(fields)
         start = trio.current_time()
         self._metrics.in_flight.inc()
+        tracer = tracing.active()
         try:
-            await self._serve(scope, receive, exchange)
+            if tracer is None:
+                await self._serve(scope, receive, exchange)
+            else:
+                await self._traced(tracer, scope, receive, exchange, fields)
         finally:
             self._metrics.in_flight.dec()
             if exchange.code:
@@ -154,6 +160,42 @@ class RequestTelemetry:
             request_fields.reset(fields_token)
             request_id.reset(token)
             await self._releaser.answered(exchange.sent)  # the app returned: body freed
+
+    async def _traced(
+        self,
+        tracer: Tracer,
+        scope: HTTPScope,
+        receive: ASGIReceiveCallable,
+        exchange: Exchange,
+        fields: dict[str, object],
+    ) -> None:
+        """``_serve`` inside the request's span, whose parent is the client's ``traceparent``."""
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        attributes = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "http.route": route_of(scope["path"]),
+            "collector.request_id": exchange.rid,
+        }
+        name = f"{scope['method']} {attributes['http.route']}"
+        with tracer.span(name, attributes, carrier=carrier, server=True) as traced:
+            try:
+                await self._serve(scope, receive, exchange)
+            finally:
+                if exchange.code:
+                    traced.set("http.response.status_code", exchange.code)
+                    if exchange.code >= HTTPStatus.INTERNAL_SERVER_ERROR:
+                        traced.fail(str(exchange.code))
+                traced.set("collector.outcome", response_outcome(exchange.finished, fields))
+                for key in ("complete", "wait"):
+                    value = fields.get(key)
+                    if isinstance(value, (bool, float)):
+                        traced.set(f"collector.{key}", value)
+                missing = fields.get("missing")
+                if isinstance(missing, list) and missing:
+                    traced.set("collector.missing", ",".join(map(str, missing)))
 
     async def _serve(
         self, scope: HTTPScope, receive: ASGIReceiveCallable, exchange: Exchange
@@ -167,6 +209,21 @@ class RequestTelemetry:
             )
         else:
             await self._app(scope, receive, exchange.send)
+
+
+#: The routes, for span names: a path with an id in it must not name a span of its own.
+ROUTES = ("/collect-data", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs")
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to (``/collect-data/{id}``), or ``other``."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/collect-data/"):
+        return "/collect-data/{id}"
+    if path.startswith("/docs/"):
+        return "/docs/{name}"
+    return "other"
 
 
 def log_access(

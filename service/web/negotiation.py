@@ -1,4 +1,4 @@
-"""Content negotiation: the media type from ``Accept``, strictness from ``Prefer``."""
+"""Content negotiation: the media type from ``Accept``; strictness and a wait from ``Prefer``."""
 
 from __future__ import annotations
 
@@ -25,17 +25,24 @@ def negotiate(request: Request, *extra: str) -> str | None:
     return request.accept_mimetypes.best_match(offered(*extra))
 
 
-def strict_problem(request: Request, collection: Answer, headers: dict[str, str]) -> Reply | None:
+def preferences(request: Request) -> formats.Preferences:
+    """What the request's ``Prefer`` headers ask for (``handling=strict``, ``wait=N``)."""
+    return formats.preferences(request.headers.getlist("Prefer"))
+
+
+def strict_problem(
+    prefs: formats.Preferences, collection: Answer, headers: dict[str, str]
+) -> Reply | None:
     """The 503 that ``Prefer: handling=strict`` turns an incomplete answer into, if any.
 
-    Marks ``headers`` as varying on Prefer and, when strictness was asked for,
-    as having applied it (RFC 7240), whatever the answer.
+    Marks ``headers`` as varying on Prefer and lists the preferences applied
+    (RFC 7240: ``handling=strict``, ``wait=N``), whatever the answer.
     """
     headers["Vary"] = VARY
-    if not formats.wants_strict(request.headers.getlist("Prefer")):
-        return None
-    headers["Preference-Applied"] = "handling=strict"
-    if collection.complete:
+    applied = prefs.applied()
+    if applied is not None:
+        headers["Preference-Applied"] = applied
+    if not prefs.strict or collection.complete:
         return None
     body, status, problem_headers = formats.incomplete_problem(collection)
     return body, status, {**headers, **problem_headers}

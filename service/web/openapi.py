@@ -164,13 +164,19 @@ _COLLECTION_HEADERS = {
         {"type": "string", "enum": ["?1", "?0"]},
     ),
     "Collection-Missing": header('Sources whose rows are absent: "name";status=<status>, ...'),
+    "Preference-Applied": header(
+        "The Prefer preferences honoured (RFC 7240): handling=strict, wait=N, comma-separated."
+    ),
 }
 _LINK = header("<...>; rel=next, for a page with more.")
 _PREFER = parameter(
     "Prefer",
     "header",
     string(),
-    "handling=strict turns an incomplete answer into 503 (RFC 7240).",
+    "RFC 7240 preferences. handling=strict turns an incomplete answer into 503. wait=N"
+    " (seconds, fractions allowed): every source gets at most what is left of N since the"
+    " request arrived (a stream: each batch at most N), so the answer comes within N; a"
+    " malformed or non-positive wait is ignored. Both are listed in Preference-Applied.",
 )
 _NOT_ACCEPTABLE = problem("The Accept header allows none of the media types.")
 SCHEMAS = {"Row": _ROW, "Outcome": _OUTCOME, "Envelope": _ENVELOPE, "Problem": _PROBLEM}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from http import HTTPStatus
+from typing import Protocol
 
 import trio
 from quart import Response, request
@@ -23,7 +24,13 @@ from service.web.problems import Reply
 #: round trip to the database is amortised over many rows.
 STREAM_BATCH = 5000
 
-Collect = Callable[[Query], Awaitable[Answer]]
+
+class Collect(Protocol):
+    """Answers a query: the collector's ``collect``, or the coalescer's in front of it."""
+
+    async def __call__(self, query: Query, *, seconds_left: float | None = None) -> Answer:
+        """The answer, every source given at most ``seconds_left`` (None: its timeout)."""
+        ...
 
 
 class AnySegment(PathConverter):
@@ -34,6 +41,13 @@ class AnySegment(PathConverter):
     """
 
     regex = "(?s:.+)"
+
+
+def note_wait(prefs: formats.Preferences) -> None:
+    """Tell the access line (and the request's span) the client's ``Prefer: wait``."""
+    fields = request_fields.get()
+    if fields is not None and prefs.wait is not None:
+        fields["wait"] = prefs.wait
 
 
 def report(collection: Answer) -> None:
@@ -76,18 +90,20 @@ class DataRoutes:
         media_type = negotiation.negotiate(request, formats.NDJSON)
         if media_type is None:
             return problems.not_acceptable(request.path, negotiation.offered(formats.NDJSON))
+        prefs = negotiation.preferences(request)
+        note_wait(prefs)
         if media_type == formats.NDJSON:
             if not self.admission.enter():
                 return problems.overloaded(self.admission.limit)
-            return self.ndjson_response(query)
-        collection = await self.admitted_collect(query)
+            return self.ndjson_response(query, prefs)
+        collection = await self.admitted_collect(query, prefs.wait)
         if collection is None:
             return problems.overloaded(self.admission.limit)
         headers = formats.collection_headers(collection)
         if collection.next is not None and query.limit is not None:
             link = formats.next_href(request.path, query.limit, collection.next)
             headers["Link"] = f'<{link}>; rel="next"'
-        strict = negotiation.strict_problem(request, collection, headers)
+        strict = negotiation.strict_problem(prefs, collection, headers)
         if strict is not None:
             return strict
         if media_type == formats.ENVELOPE_JSON:
@@ -108,11 +124,13 @@ class DataRoutes:
         media_type = negotiation.negotiate(request)
         if media_type is None:
             return problems.not_acceptable(request.path, negotiation.offered())
-        collection = await self.admitted_collect(query_for_id(wanted))
+        prefs = negotiation.preferences(request)
+        note_wait(prefs)
+        collection = await self.admitted_collect(query_for_id(wanted), prefs.wait)
         if collection is None:
             return problems.overloaded(self.admission.limit)
         headers = formats.collection_headers(collection)
-        strict = negotiation.strict_problem(request, collection, headers)
+        strict = negotiation.strict_problem(prefs, collection, headers)
         if strict is not None:
             return strict
         if not collection.rows:
@@ -125,24 +143,37 @@ class DataRoutes:
         headers["Content-Type"] = media_type
         return found, HTTPStatus.OK, headers
 
-    async def admitted_collect(self, query: Query) -> Answer | None:
-        """The collection, or None when the admission cap is reached (answer 503)."""
+    async def admitted_collect(self, query: Query, wait: float | None) -> Answer | None:
+        """The collection, or None when the admission cap is reached (answer 503).
+
+        ``wait`` is the client's ``Prefer: wait``: each source gets at most that long,
+        counted from now (the request arrived a moment ago, its head just parsed).
+        """
         if not self.admission.enter():
             return None
         try:
-            collection = await self.collect(query)
+            collection = await self.collect(query, seconds_left=wait)
         finally:
             self.admission.leave()
         report(collection)
         return collection
 
-    def ndjson_response(self, query: Query) -> Response:
-        """The streamed answer; the admission taken by the caller ends with the stream."""
+    def ndjson_response(self, query: Query, prefs: formats.Preferences) -> Response:
+        """The streamed answer; the admission taken by the caller ends with the stream.
+
+        A stream honours ``wait`` (every batch's deadline is at most N seconds), not
+        ``handling=strict`` (its status is sent before anyone knows whether it will
+        be complete), so only ``wait`` is listed as applied.
+        """
+        headers = {"Vary": negotiation.VARY, "Cache-Control": "no-store"}
+        applied = prefs.applied(strict=False)
+        if applied is not None:
+            headers["Preference-Applied"] = applied
         response = Response(
-            self.ndjson_lines(query, request.path),
+            self.ndjson_lines(query, request.path, prefs.wait),
             status=HTTPStatus.OK,
             content_type=formats.NDJSON,
-            headers={"Vary": negotiation.VARY, "Cache-Control": "no-store"},
+            headers=headers,
         )
         # Quart would cut the body at RESPONSE_TIMEOUT, mid-stream and without the
         # summary; a stream runs as long as its client reads (the write guard
@@ -150,11 +181,15 @@ class DataRoutes:
         response.timeout = None
         return response
 
-    async def ndjson_lines(self, query: Query, path: str) -> AsyncIterator[bytes]:
+    async def ndjson_lines(
+        self, query: Query, path: str, wait: float | None = None
+    ) -> AsyncIterator[bytes]:
         """Rows batch by batch, then the summary line; leaves the admission at the end."""
         fields = request_fields.get()
         try:
-            stream = self.collector.stream(query, STREAM_BATCH, stop=self.draining)
+            stream = self.collector.stream(
+                query, STREAM_BATCH, stop=self.draining, batch_seconds=wait
+            )
             async with aclosing(stream) as items:
                 async for item in items:
                     if isinstance(item, Answer):

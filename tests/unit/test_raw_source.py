@@ -154,4 +154,5 @@ def test_driver_limits_sit_just_below_the_deadline() -> None:
         "application_name": "collector:s",
         "statement_timeout": "2000",
         "default_transaction_read_only": "on",
+        "client_connection_check_interval": "100",
     }
