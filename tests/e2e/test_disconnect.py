@@ -52,13 +52,9 @@ async def seconds_until_gone(admin: pg.Admin, application: str, limit: float) ->
     return limit
 
 
-#: How long after the close the query may live when only the deadline ends it: the
-#: rest of the 2 s (``statement_timeout`` included) and a little slack.
-UNTIL_DEADLINE = DEADLINE - CLIENT_GIVES_UP + 0.2
 #: (media, locked source, coalescing, how the client closes, how long the query may
 #: live after the close): both access modes, every answer shape, with and without
-#: coalescing, a clean close and a reset. An ORM stream cut while its batch is in
-#: flight is the one case bounded only by the deadline (docs/operations.md says why).
+#: coalescing, a clean close and a reset.
 CASES = [
     ("plain", "source_1", True, "fin", GONE_WITHIN),
     ("plain", "source_2", True, "reset", GONE_WITHIN),
@@ -66,8 +62,8 @@ CASES = [
     ("envelope", "source_2", False, "fin", GONE_WITHIN),
     ("ndjson", "source_1", False, "fin", GONE_WITHIN),
     ("ndjson", "source_1", False, "reset", GONE_WITHIN),
-    ("ndjson", "source_2", False, "fin", UNTIL_DEADLINE),
-    ("ndjson", "source_2", False, "reset", UNTIL_DEADLINE),
+    ("ndjson", "source_2", False, "fin", GONE_WITHIN),
+    ("ndjson", "source_2", False, "reset", GONE_WITHIN),
 ]
 
 
