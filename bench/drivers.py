@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from service.config import Config, SourceConfig
 from service.core import Window
 from service.sources.base import DriverLimits
+from service.sources.pool import Budgets
+from service.sources.postgres import database_pool
 from service.sources.postgres.orm import OrmSource, create_engine, session_factory
-from service.sources.postgres.raw import RawSource, create_pool
+from service.sources.postgres.raw import RawSource
 
 WARM_UP = 200
 Read = Callable[[], Awaitable[object]]
@@ -48,17 +50,16 @@ async def open_reads(config: Config) -> tuple[dict[str, Read], list[Callable[[],
         next(s for s in config.sources if s.access == kind) for kind in ("raw", "orm")
     )
     reads: dict[str, Read] = {}
-    closers: list[Callable[[], Awaitable[Any]]] = []
     limits = DriverLimits.for_source("bench", config.timeout)
-    pool = await create_pool(raw_source.dsn, 5, limits)
+    budgets = Budgets(limit=20, idle_timeout=60.0)
+    pool = database_pool(raw_source, limits, budgets)
     raw = RawSource(raw_source.name, raw_source.table, pool, None, limits)  # type: ignore[arg-type]
-    engine = create_engine(orm_source.dsn, 5, limits)
+    engine = create_engine(database_pool(orm_source, limits, budgets), limits, pgbouncer=False)
     orm = OrmSource(orm_source.name, orm_source.table, session_factory(engine), None)  # type: ignore[arg-type]
     window = Window()
     reads["raw (asyncpg)"] = lambda: raw._fetch_on_asyncio(window)
     reads["orm (SQLAlchemy)"] = lambda: orm._fetch_on_asyncio(window)
-    closers += [pool.close, engine.dispose]
-    return reads, closers
+    return reads, [engine.dispose, budgets.close]
 
 
 async def time_reads(run: Callable[[Read], Awaitable[object]], read: Read, count: int) -> float:
