@@ -39,6 +39,7 @@ class StreamState:
         self.last_id: int | None = None
         self.duration = 0.0
         self.out_of_range = 0
+        self.replica: str | None = None
 
     @property
     def position(self) -> int | None:
@@ -60,6 +61,7 @@ class StreamState:
         assert self.stream is not None
         start = trio.current_time()
         self.status, batch, self.error = await attempt(self.stream.next_batch, batch_seconds)
+        self.replica = getattr(self.stream, "replica", None)  # a replica set's choice
         self.batch, self.ids = list(batch), [row.id for row in batch]
         self.duration += trio.current_time() - start
         self.out_of_range += self.guard.count_stray(self.batch)
@@ -88,6 +90,7 @@ class StreamState:
             error=self.error,
             out_of_range=self.out_of_range,
             resumes_after=self.position,
+            replica=self.replica,
         )
 
 
