@@ -44,6 +44,7 @@ from typing import Generic, TypeVar
 import trio
 
 from service.core.breaker import BreakerSettings, BreakerState, CircuitBreaker, Permit
+from service.core.guard import log_breaker_change
 from service.core.model import IdRanges, Row, Window
 from service.core.ports import RowStream, Source, SourceError, SourceSkipped, describe_error
 from service.core.probing import ProbeTarget
@@ -235,12 +236,18 @@ class ReplicaSet:
         now = trio.current_time()
         replica.measure(seconds, now)
         self._latencies.append(seconds)
-        replica.breaker.record(permit, success=True)
+        self._judge(replica, permit, success=True)
 
     def failed(self, replica: Replica, permit: Permit, seconds: float) -> None:
         """A judged attempt failed or ran out of time after ``seconds``."""
         replica.measure(max(seconds, FAILURE_PENALTY), trio.current_time())
-        replica.breaker.record(permit, success=False)
+        self._judge(replica, permit, success=False)
+
+    def _judge(self, replica: Replica, permit: Permit, *, success: bool) -> None:
+        before = replica.breaker.state
+        replica.breaker.record(permit, success=success)
+        if replica.breaker.state is not before:
+            log_breaker_change(f"{self._name} replica {replica.label}", before, replica.breaker)
 
     def abandoned(self, replica: Replica, permit: Permit, seconds: float) -> None:
         """A judged attempt was cancelled before it ended (it lost, or the client left).

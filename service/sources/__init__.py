@@ -16,9 +16,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from service.config import Config
-from service.core import Member
+from service.core import Member, ReplicaSet, Source
 from service.sources.bridge import AsyncioBridge
-from service.sources.factory import open_source
+from service.sources.factory import open_servers
 
 log = logging.getLogger("collector.sources")
 
@@ -38,11 +38,18 @@ async def open_sources(config: Config, bridge: AsyncioBridge) -> AsyncIterator[l
     terminators: list[Callable[[], None]] = []
     try:
         for source in config.sources:
-            opened = await open_source(source, bridge, config.timeout)
-            closers.append(opened.close)
-            if opened.terminate is not None:
-                terminators.append(opened.terminate)
-            members.append(Member(opened.source, ids=source.ids, breaker=source.breaker))
+            servers = await open_servers(source, bridge, config.timeout)
+            for opened in servers:
+                closers.append(opened.close)
+                if opened.terminate is not None:
+                    terminators.append(opened.terminate)
+            member: Source = servers[0].source
+            if len(servers) > 1:  # replicas: index 0 is ``dsn``, then ``replicas`` in order
+                labelled = [(str(i), opened.source) for i, opened in enumerate(servers)]
+                member = ReplicaSet(
+                    source.name, labelled, breaker=source.breaker, hedge=source.hedge
+                )
+            members.append(Member(member, ids=source.ids, breaker=source.breaker))
         yield members
     finally:
         await _close(bridge, closers, terminators)

@@ -6,6 +6,7 @@ place where a per-source connection budget will be applied is this one call.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from service.config import Access, SourceConfig
@@ -27,3 +28,15 @@ async def open_source(source: SourceConfig, bridge: AsyncioBridge, deadline: flo
     """Open one configured source under the collection deadline (no connection yet)."""
     opener = ENGINES[engine_of(source)][source.access]
     return await opener(source, bridge, DriverLimits.for_source(source.name, deadline))
+
+
+async def open_servers(
+    source: SourceConfig, bridge: AsyncioBridge, deadline: float
+) -> list[Opened]:
+    """One opened driver source per server: ``dsn`` first, then each of ``replicas``."""
+    opened: list[Opened] = []
+    for dsn in (source.dsn, *source.replicas):
+        opened.append(
+            await open_source(dataclasses.replace(source, dsn=dsn, replicas=()), bridge, deadline)
+        )
+    return opened

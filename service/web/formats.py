@@ -163,6 +163,11 @@ def server_timing(outcomes: Sequence[Outcome]) -> str:
     )
 
 
+def replicas_answered(collection: Answer) -> dict[str, str]:
+    """Which replica answered, for each source with replicas that answered (access line)."""
+    return {o.source: o.replica for o in collection.outcomes if o.replica is not None}
+
+
 def sf_string(text: str) -> str:
     """An RFC 8941 string item (source names never hold characters needing more)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -110,7 +110,8 @@ async def test_a_slow_replica_is_hedged_the_first_answer_wins_and_the_loser_is_c
     start = trio.current_time()
     answer = await collector.collect()
     assert trio.current_time() - start == pytest.approx(0.06)
-    assert answer.complete and answer.outcomes[0].replica == "1"
+    assert answer.complete
+    assert answer.outcomes[0].replica == "1"
     assert slow.cancelled == 1  # the loser's call was cancelled, not left running
     assert replicas.hedges == 1
     assert seen == [
@@ -156,12 +157,15 @@ async def test_without_budget_there_is_no_hedge(autojump_clock: trio.abc.Clock) 
     start = trio.current_time()
     await replicas.fetch(Query().window_for("source_1"))
     assert trio.current_time() - start == pytest.approx(0.5)
-    assert fast.calls == 0 and replicas.hedges == 0
+    assert fast.calls == 0
+    assert replicas.hedges == 0
 
 
 def test_the_budget_is_a_bounded_bucket() -> None:
     budget = HedgeBudget(0.1, burst=2)
-    assert budget.spend() and budget.spend() and not budget.spend()
+    assert budget.spend()
+    assert budget.spend()
+    assert not budget.spend()
     for _ in range(9):
         budget.earn()
     assert not budget.spend()
@@ -220,7 +224,8 @@ async def test_a_stream_fails_over_when_opening_fails(autojump_clock: trio.abc.C
     collector = Collector([replica_set(broken, healthy)], timeout=2.0)
     merged, summary = await read_stream(collector, Query(), 2)
     assert [r.id for r in merged] == [1, 2, 3]
-    assert summary.complete and summary.outcomes[0].replica == "1"
+    assert summary.complete
+    assert summary.outcomes[0].replica == "1"
     assert broken.streams[0].closed
 
 
@@ -276,7 +281,7 @@ async def test_a_probed_breaker_never_lets_a_request_be_the_trial(
 
 
 async def breaker_closed(breaker: Any) -> None:
-    while breaker.state is not BreakerState.CLOSED:
+    while breaker.state is not BreakerState.CLOSED:  # noqa: ASYNC110 (no event to wait on)
         await trio.sleep(0.01)
 
 
