@@ -8,12 +8,15 @@ guard, the fan-out, paging and streams use it unchanged. Inside it:
   score is ``ewma * (in_flight + 1)``, the time a new call can expect to wait. Of
   the replicas whose breaker is not open, two are drawn at random and the lower
   score wins (power of two choices); the others follow in score order, as
-  fail-overs and hedges. Two random candidates rather than the global best: when
-  many requests choose at once on the same stale figures, the best replica would
+  fail-overs and hedges (a call in flight for longer than the EWMA counts as that
+  slow already, and a replica with a call in flight for longer than the hedge delay
+  and twice its EWMA is asked only after the others). Two random candidates rather
+  than the global best: when many requests choose at once on the same stale figures, the best replica would
   get all of them, while two choices spread the load and still avoid the worst
   replica. The in-flight term reacts at once, before any latency is measured. A
   replica not measured for ``STALE_AFTER`` seconds (it lost every race, or was
-  never asked) scores zero once, so it is tried again and its figure refreshed.
+  never asked) scores zero for one fetch, so it is tried again and its figure
+  refreshed; the fetches meanwhile see its old figure.
 - **Fail-over.** A replica that errors is skipped at once for the next one, within
   the same deadline (the caller's cancel scope).
 - **Breakers.** Each replica has its own breaker; an open one is not asked.
@@ -124,14 +127,36 @@ class Replica:
         self.source = source
         self.breaker = CircuitBreaker(breaker)
         self.ewma: float | None = None
-        self.in_flight = 0
+        self.started: list[float] = []
+        """When each call in flight began."""
         self.measured_at = -math.inf
 
+    @property
+    def in_flight(self) -> int:
+        """Calls sent to this replica that have not ended."""
+        return len(self.started)
+
     def score(self, now: float) -> float:
-        """Seconds a new call can expect to wait; zero when the figure is stale."""
+        """Seconds a new call can expect to wait; zero when the figure is stale.
+
+        A call in flight for longer than the EWMA is a sample not yet taken: a
+        replica that just stopped answering looks slow at once, not only once its
+        calls end (a black-holed one's would end only at the deadline).
+        """
         if self.ewma is None or now - self.measured_at > STALE_AFTER:
-            return 0.0
-        return self.ewma * (self.in_flight + 1)
+            return 0.0 if not self.started else now - self.started[0]
+        latency = max(self.ewma, now - self.started[0]) if self.started else self.ewma
+        return latency * (self.in_flight + 1)
+
+    def suspect(self, now: float, patience: float) -> bool:
+        """Whether a call has been in flight longer than ``patience`` and twice the EWMA.
+
+        Such a replica may have stopped answering: new fetches go elsewhere first
+        until its call ends, rather than queueing behind it while it hangs.
+        """
+        if not self.started:
+            return False
+        return now - self.started[0] > max(patience, 2 * (self.ewma or 0.0))
 
     def measure(self, seconds: float, now: float) -> None:
         """Fold one latency sample into the EWMA."""
@@ -198,9 +223,18 @@ class ReplicaSet:
         usable = [r for r in self.replicas if r.breaker.state is not BreakerState.OPEN]
         if len(usable) < 2:
             return usable
-        one, two = self._rng.sample(usable, 2)
+        patience = self.hedge_delay()
+        trusted = [r for r in usable if not r.suspect(now, patience)] or usable
+        one, two = self._rng.sample(trusted, 2) if len(trusted) > 1 else (trusted[0],) * 2
         first = two if two.score(now) < one.score(now) else one
-        rest = sorted((r for r in usable if r is not first), key=lambda r: r.score(now))
+        rest = sorted(
+            (r for r in usable if r is not first),
+            key=lambda r: (r.suspect(now, patience), r.score(now)),
+        )
+        if now - first.measured_at > STALE_AFTER:
+            # This fetch re-measures a stale replica; the fetches running meanwhile
+            # keep its old figure, or every one of them would be sent to it at once.
+            first.measured_at = now
         return [first, *rest]
 
     async def fetch(self, window: Window) -> Sequence[Row]:
@@ -252,10 +286,12 @@ class ReplicaSet:
     def abandoned(self, replica: Replica, permit: Permit, seconds: float) -> None:
         """A judged attempt was cancelled before it ended (it lost, or the client left).
 
-        No breaker verdict, but it had not answered after ``seconds``, which is a
-        latency sample: a replica that keeps losing races stops being chosen first.
+        No breaker verdict, but it had not answered after ``seconds``: the sample
+        is that plus what its EWMA said it still needed, so a replica that keeps
+        losing races (black-holed, say) looks slower each time and stops being
+        chosen, while one that lost a single race to jitter soon recovers.
         """
-        replica.measure(seconds, trio.current_time())
+        replica.measure(seconds + (replica.ewma or 0.0), trio.current_time())
         replica.breaker.release(permit)
 
 
@@ -284,7 +320,10 @@ class _Race(Generic[T]):
         # so a failing replica never cancels its siblings. The loop below starts the
         # next replica when the last one started has failed (``wake``), or, once per
         # call, when the hedge delay passes with no answer and the budget pays for a
-        # hedge. The first attempt to answer cancels the nursery: that stops this
+        # hedge (asked again every hedge delay while it holds none, so a fetch stuck on
+        # a replica that just went slow is hedged once other fetches have earned one;
+        # those others avoid that replica already, its calls in flight being old).
+        # The first attempt to answer cancels the nursery: that stops this
         # loop and every other attempt. The caller's cancel scope (the deadline)
         # bounds it all; when it fires, the attempts still running count as timed out.
         async with trio.open_nursery() as nursery:
@@ -305,11 +344,14 @@ class _Race(Generic[T]):
                     await self.wake.wait()
                 if self.wake.is_set():
                     continue  # it failed: the next replica at once, not as a hedge
-                if self.owner.budget.spend():
+                # No budget yet: the next replica if this one fails, or as a hedge
+                # as soon as other fetches have earned one.
+                while not self.wake.is_set() and not self.owner.budget.spend():
+                    with trio.move_on_after(delay):
+                        await self.wake.wait()
+                if not self.wake.is_set():
                     hedged = as_hedge = True
                     self.owner.hedges += 1
-                    continue
-                await self.wake.wait()  # no budget: the next one only if this one fails
         if self.winner is not None:
             return self.answer  # type: ignore[return-value]
         if not asked:
@@ -326,8 +368,8 @@ class _Race(Generic[T]):
             owner.notify(replica, "fetch")
             if hedge:
                 owner.notify(replica, "hedge")
-        replica.in_flight += 1
         start = trio.current_time()
+        replica.started.append(start)
         try:
             try:
                 answer = await self.call(replica.source)
@@ -348,7 +390,7 @@ class _Race(Generic[T]):
                     owner.abandoned(replica, permit, elapsed)
             raise
         finally:
-            replica.in_flight -= 1
+            replica.started.remove(start)
         if self.judged:
             owner.answered(replica, permit, trio.current_time() - start)
         if self.winner is None:
