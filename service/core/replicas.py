@@ -4,17 +4,18 @@ A :class:`ReplicaSet` is a :class:`~service.core.ports.Source` like any other, s
 guard, the fan-out, paging and streams use it unchanged. Inside it:
 
 - **Choice.** Each fetch goes first to the replica expected to answer first. Each
-  replica keeps an EWMA of its latency and a count of its calls in flight; its
-  score is ``ewma * (in_flight + 1)``, the time a new call can expect to wait. Of
+  replica keeps an EWMA of its latency and its calls in flight; its score is
+  ``latency * (in_flight + 1)``, the time a new call can expect to wait, where
+  ``latency`` is the EWMA or the age of its oldest call in flight, if older. Of
   the replicas whose breaker is not open, two are drawn at random and the lower
   score wins (power of two choices); the others follow in score order, as
-  fail-overs and hedges (a call in flight for longer than the EWMA counts as that
-  slow already, and a replica with a call in flight for longer than the hedge delay
-  and twice its EWMA is asked only after the others). Two random candidates rather
-  than the global best: when many requests choose at once on the same stale figures, the best replica would
-  get all of them, while two choices spread the load and still avoid the worst
-  replica. The in-flight term reacts at once, before any latency is measured. A
-  replica not measured for ``STALE_AFTER`` seconds (it lost every race, or was
+  fail-overs and hedges. Two random candidates rather than the global best: when
+  many requests choose at once on the same figures, the best replica would get
+  all of them, while two choices spread the load and still avoid the worst one.
+  The in-flight term reacts at once, before any latency is measured. A replica
+  with a call in flight for longer than the hedge delay and twice its EWMA is
+  *suspect* (it may have stopped answering) and is asked only after the others.
+  A replica not measured for ``STALE_AFTER`` seconds (it lost every race, or was
   never asked) scores zero for one fetch, so it is tried again and its figure
   refreshed; the fetches meanwhile see its old figure.
 - **Fail-over.** A replica that errors is skipped at once for the next one, within
