@@ -294,3 +294,25 @@ def test_server_timing_and_envelope_name_the_replica() -> None:
     plain = Outcome("source_2", Status.OK, 3, 0.001)
     assert formats.server_timing([plain]) == 'source_2;dur=1.0;desc="ok"'
     assert formats.outcome_json(plain)["replica"] is None
+
+
+async def test_a_replica_with_a_hung_call_is_asked_after_the_others(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hung = FakeSource("a", ROWS, delay=0.01)
+    slower = FakeSource("b", ROWS, delay=0.25)
+    replicas = replica_set(hung, slower, delay=0.05, budget=0.0)
+    window = Query().window_for("source_1")
+    await replicas.fetch(window)  # a: 10 ms
+    replicas.replicas[1].measure(0.25, trio.current_time())
+    hung.delay = math.inf
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replicas.fetch, window)  # hangs on a (no budget to hedge)
+        await trio.sleep(0.1)
+        # a's call is 100 ms old: past the hedge delay and twice its 10 ms, so it is
+        # suspect, though its score (0.1 s x 2) is below b's 0.25 s.
+        start = trio.current_time()
+        await replicas.fetch(window)
+        assert trio.current_time() - start == pytest.approx(0.25)
+        assert slower.calls == 1
+        nursery.cancel_scope.cancel()
