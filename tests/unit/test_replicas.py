@@ -73,7 +73,7 @@ async def test_fetches_go_to_the_replica_that_answers_first(
 
 
 async def test_in_flight_calls_spread_concurrent_fetches(autojump_clock: trio.abc.Clock) -> None:
-    one = FakeSource("a", ROWS, delay=0.01)
+    one = FakeSource("a", ROWS, delay=0.009)
     two = FakeSource("b", ROWS, delay=0.01)
     replicas = replica_set(one, two, budget=0.0, rng=random.Random(1))
     await replicas.fetch(Query().window_for("source_1"))
@@ -81,7 +81,10 @@ async def test_in_flight_calls_spread_concurrent_fetches(autojump_clock: trio.ab
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(replicas.fetch, Query().window_for("source_1"))
-    assert {one.calls, two.calls} == {6}  # equal latency: in-flight work decides, evenly
+    # Nearly equal latency: the calls in flight spread the ten, rather than all
+    # going to the replica that is 1 ms faster.
+    assert one.calls - 1 in range(4, 7)
+    assert two.calls - 1 in range(4, 7)
 
 
 async def test_an_erroring_replica_is_skipped_for_the_next_within_the_deadline(
@@ -312,7 +315,8 @@ async def test_a_replica_with_a_hung_call_is_asked_after_the_others(
         # a's call is 100 ms old: past the hedge delay and twice its 10 ms, so it is
         # suspect, though its score (0.1 s x 2) is below b's 0.25 s.
         start = trio.current_time()
-        await replicas.fetch(window)
+        with trio.fail_after(1):
+            await replicas.fetch(window)
         assert trio.current_time() - start == pytest.approx(0.25)
         assert slower.calls == 1
         nursery.cancel_scope.cancel()
