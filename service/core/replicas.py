@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 import trio
@@ -336,7 +337,12 @@ class _Race(Generic[T]):
                     continue  # its breaker opened since the ranking
                 asked += 1
                 self.wake = trio.Event()
-                nursery.start_soon(self.attempt, replica, permit, as_hedge, nursery.cancel_scope)
+                # In flight from now, not from when the child first runs: fetches
+                # choosing in this same scheduler pass must see it.
+                start = trio.current_time()
+                replica.started.append(start)
+                attempt = partial(self.attempt, replica, permit, as_hedge, start)
+                nursery.start_soon(attempt, nursery.cancel_scope)
                 as_hedge = False
                 if not pending:
                     break
@@ -361,17 +367,20 @@ class _Race(Generic[T]):
         raise SourceError("; ".join(self.errors))
 
     async def attempt(
-        self, replica: Replica, permit: Permit, hedge: bool, race: trio.CancelScope
+        self,
+        replica: Replica,
+        permit: Permit,
+        hedge: bool,
+        start: float,
+        race: trio.CancelScope,
     ) -> None:
         """One replica's try; records its outcome, and cancels the race if it won."""
         owner = self.owner
-        if self.judged:
-            owner.notify(replica, "fetch")
-            if hedge:
-                owner.notify(replica, "hedge")
-        start = trio.current_time()
-        replica.started.append(start)
         try:
+            if self.judged:
+                owner.notify(replica, "fetch")
+                if hedge:
+                    owner.notify(replica, "hedge")
             try:
                 answer = await self.call(replica.source)
             except Exception as exc:
