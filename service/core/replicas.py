@@ -13,8 +13,9 @@ guard, the fan-out, paging and streams use it unchanged. Inside it:
   many requests choose at once on the same figures, the best replica would get
   all of them, while two choices spread the load and still avoid the worst one.
   The in-flight term reacts at once, before any latency is measured. A replica
-  with a call in flight for longer than the hedge delay and twice its EWMA is
-  *suspect* (it may have stopped answering) and is asked only after the others.
+  with a call in flight for longer than the hedge delay and twice its EWMA, that
+  has answered nothing since that call began, is *suspect* (it may have stopped
+  answering) and is asked only after the others.
   A replica not measured for ``STALE_AFTER`` seconds (it lost every race, or was
   never asked) scores zero for one fetch, so it is tried again and its figure
   refreshed; the fetches meanwhile see its old figure.
@@ -132,6 +133,8 @@ class Replica:
         self.started: list[float] = []
         """When each call in flight began."""
         self.measured_at = -math.inf
+        self.answered_at = -math.inf
+        """When a call last returned an answer."""
 
     @property
     def in_flight(self) -> int:
@@ -151,12 +154,14 @@ class Replica:
         return latency * (self.in_flight + 1)
 
     def suspect(self, now: float, patience: float) -> bool:
-        """Whether a call has been in flight longer than ``patience`` and twice the EWMA.
+        """Whether it may have stopped answering (see the module docstring).
 
-        Such a replica may have stopped answering: new fetches go elsewhere first
-        until its call ends, rather than queueing behind it while it hangs.
+        A call in flight for longer than ``patience`` and twice the EWMA, and no
+        answer since that call began. New fetches then go elsewhere first rather
+        than queue behind it. A replica that keeps answering other calls is only
+        busy, and its score says so.
         """
-        if not self.started:
+        if not self.started or self.answered_at > self.started[0]:
             return False
         return now - self.started[0] > max(patience, 2 * (self.ewma or 0.0))
 
@@ -271,6 +276,7 @@ class ReplicaSet:
         """A judged attempt answered in ``seconds``."""
         now = trio.current_time()
         replica.measure(seconds, now)
+        replica.answered_at = now
         self._latencies.append(seconds)
         self._judge(replica, permit, success=True)
 
