@@ -2,7 +2,7 @@
 
 Run from the repository root (not part of the test suite):
 
-    uv run python bench/replicas.py [--duration 8] [--connections 16] [--dsn postgresql://...]
+    uv run python bench/replicas.py [--duration 8] [--rounds 2] [--connections 16] [--dsn ...]
 
 It creates the three reference databases on the server (default 127.0.0.1:5432) and
 puts two fault proxies in front of each: every source has two replicas (two pools,
@@ -186,18 +186,29 @@ async def load_scenarios(config: Config, args: argparse.Namespace, workdir: Path
                 print(f"  slowest: {load.slowest[1]}")
             return load, metrics
 
-        healthy, _ = await scenario("healthy, 2 replicas each", replicated(config, dsns), None)
-        hole, _ = await scenario("replica 0 black-holed", replicated(config, dsns), Mode.BLACKHOLE)
-        delayed = []
-        for label, delay in (("auto", None), ("0.02 s", 0.02)):
-            cfg = replicated(config, dsns, hedge_delay=delay)
-            load, metrics = await scenario(
-                f"replica 0 delayed 300 ms, hedge {label}", cfg, Mode.DELAY
+        # Rounds alternate the scenarios on the same machine: a shared machine's
+        # speed drifts by a factor of two over minutes, and a comparison with the
+        # healthy p99 is fair only within one round.
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_}")
+            healthy, _ = await scenario("healthy, 2 replicas each", replicated(config, dsns), None)
+            hole, _ = await scenario(
+                "replica 0 black-holed", replicated(config, dsns), Mode.BLACKHOLE
             )
-            delayed.append((label, delay, load, metrics))
+            delayed = []
+            for label, delay in (("auto", None), ("0.02 s", 0.02)):
+                cfg = replicated(config, dsns, hedge_delay=delay)
+                load, metrics = await scenario(
+                    f"replica 0 delayed 300 ms, hedge {label}", cfg, Mode.DELAY
+                )
+                delayed.append((label, delay, load, metrics))
+            report(healthy, hole, delayed)
         nursery.cancel_scope.cancel()
-    print()
-    print(f"black-holed: incomplete {hole.incomplete}, p99 {hole.p99:.1f} ms (target < 100)")
+
+
+def report(healthy: Load, hole: Load, delayed: list[tuple[str, float | None, Load, str]]) -> None:
+    """The round's figures against the targets."""
+    print(f"  black-holed: incomplete {hole.incomplete}, p99 {hole.p99:.1f} ms (target < 100)")
     for label, delay, load, metrics in delayed:
         hedges = metric_sum(metrics, "collector_replica_hedges_total")
         wins = metric_sum(metrics, "collector_replica_hedge_wins_total")
@@ -207,7 +218,7 @@ async def load_scenarios(config: Config, args: argparse.Namespace, workdir: Path
         hedge_ms = healthy.p99 if delay is None else 1000 * delay
         bound = f"{healthy.p99 + hedge_ms + 20:.1f}"
         print(
-            f"delayed, hedge {label}: p99 {load.p99:.1f} ms (healthy p99 {healthy.p99:.1f}"
+            f"  delayed, hedge {label}: p99 {load.p99:.1f} ms (healthy {healthy.p99:.1f}"
             f" + delay + 20 = {bound}); hedges {hedges:.0f} of {fetches:.0f} fetches"
             f" ({100 * hedges / max(fetches, 1):.1f}%), {wins:.0f} won;"
             f" incomplete {load.incomplete}"
@@ -263,6 +274,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every load scenario")
     parser.add_argument("--down", type=float, default=3.0, help="seconds down after opening")
     parser.add_argument("--verbose", action="store_true", help="the slowest answer's timing")
     parser.add_argument("--dsn", default=pg.LOCAL_DSN, help="server to create the sources on")
