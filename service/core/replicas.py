@@ -224,8 +224,12 @@ class ReplicaSet:
         ordered = sorted(self._latencies)
         return max(MIN_HEDGE_DELAY, ordered[int(HEDGE_PERCENTILE * (len(ordered) - 1))])
 
-    def ranked(self) -> list[Replica]:
-        """The replicas to ask, in order: the power-of-two choice, then by score."""
+    def ranked(self, *, measuring: bool = True) -> list[Replica]:
+        """The replicas to ask, in order: the power-of-two choice, then by score.
+
+        ``measuring``: the call will measure the first replica (a fetch or a stream,
+        not a ping), so it may be the one that re-measures a stale figure.
+        """
         now = trio.current_time()
         usable = [r for r in self.replicas if r.breaker.state is not BreakerState.OPEN]
         if len(usable) < 2:
@@ -238,7 +242,7 @@ class ReplicaSet:
             (r for r in usable if r is not first),
             key=lambda r: (r.suspect(now, patience), r.score(now)),
         )
-        if now - first.measured_at > STALE_AFTER:
+        if measuring and now - first.measured_at > STALE_AFTER:
             # This fetch re-measures a stale replica; the fetches running meanwhile
             # keep its old figure, or every one of them would be sent to it at once.
             first.measured_at = now
@@ -321,7 +325,7 @@ class _Race(Generic[T]):
 
     async def run(self, *, hedging: bool) -> T:
         """Ask the ranked replicas in turn: on failure at once, after the delay as a hedge."""
-        pending = deque(self.owner.ranked())
+        pending = deque(self.owner.ranked(measuring=self.judged))
         asked = 0
         hedged = False
         # Every attempt runs as a child of this nursery and catches its own errors,

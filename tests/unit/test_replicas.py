@@ -320,3 +320,20 @@ async def test_a_replica_with_a_hung_call_is_asked_after_the_others(
         assert trio.current_time() - start == pytest.approx(0.25)
         assert slower.calls == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_readiness_fails_over_and_skips_a_set_whose_replicas_are_all_open(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    down = FakeSource("a", ROWS, error=REFUSED)
+    down.reachable = False
+    up = FakeSource("b", ROWS)
+    replicas = replica_set(down, up, failures=1)
+    collector = Collector([replicas], timeout=2.0)
+    (probe,) = await collector.probe()
+    assert probe.status is Status.OK  # replica 0 refused the ping; replica 1 answered
+    up.error, up.reachable = REFUSED, False
+    await collector.collect()  # both fail: both breakers open
+    (probe,) = await collector.probe()
+    assert probe.status is Status.SKIPPED
+    assert down.pings + up.pings == 2  # open breakers are not pinged
