@@ -16,6 +16,7 @@ probe_timeout = 0.5           # seconds each source may take to answer a /readyz
 ids_check_interval = 60.0     # seconds between checks of each source's rows against its ids
 server_connections = 64       # connections open to one database server at most (all workers)
 idle_connection_timeout = 60.0  # seconds an unused connection stays open
+probe_interval = 1.0          # seconds between probes of a server whose breaker is open (0: none)
 [[sources]]
 name = "source_1"
 dsn = "postgresql://user@127.0.0.1:5432/source_1"
@@ -26,6 +27,9 @@ pgbouncer = false             # optional: the DSN is a PgBouncer in transaction 
 ids = [[1, 10], [31, 40]]     # optional: the id ranges this source holds
 breaker_failures = 5          # optional: failures in a row that open its breaker (0: never)
 breaker_cooldown = 10.0       # optional: seconds before an open breaker lets a trial through
+replicas = ["postgresql://user@10.0.0.2:5432/source_1"]  # optional: more servers, same rows
+hedge_delay = "auto"          # optional: seconds before a hedge, or "auto" (recent p95)
+hedge_budget = 0.1            # optional: share of fetches that may be hedged (0: never)
 ```
 
 Defaults, bounds and the meaning of each key live in :mod:`service.config.schema`.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 import tomllib
@@ -45,6 +50,8 @@ from typing import Any
 from service.config.schema import (
     BREAKER_DEFAULTS,
     BREAKER_RULES,
+    MAX_REPLICAS,
+    MAX_TIMEOUT,
     MIN_TOKEN_LENGTH,
     Access,
     Config,
@@ -71,7 +78,14 @@ _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _REQUIRED_SOURCE_KEYS = ("name", "dsn", "table", "access")
 _TOP_KEYS = frozenset({"sources", *(name for name, _, _ in rules(Config))})
 _SOURCE_KEYS = frozenset(
-    {*_REQUIRED_SOURCE_KEYS, "ids", *BREAKER_RULES, *(name for name, _, _ in rules(SourceConfig))}
+    {
+        *_REQUIRED_SOURCE_KEYS,
+        "ids",
+        "replicas",
+        "hedge_delay",
+        *BREAKER_RULES,
+        *(name for name, _, _ in rules(SourceConfig)),
+    }
 )
 
 
@@ -152,6 +166,8 @@ def _parse_source(item: object, index: int) -> SourceConfig:
         access=_access(access, where),
         ids=_parse_ids(item["ids"], where) if "ids" in item else None,
         breaker=_parse_breaker(item, where),
+        replicas=_parse_replicas(item.get("replicas", []), dsn, where),
+        hedge_delay=_parse_hedge_delay(item.get("hedge_delay", "auto"), where),
         **checked(SourceConfig, item, where),
     )
 
@@ -194,6 +210,36 @@ def _parse_ids(value: object, where: str) -> IdRanges:
         if first <= last:
             raise ConfigError(f"{where}: ids ranges overlap at {first}")
     return tuple(ranges)
+
+
+def _parse_replicas(value: object, dsn: str, where: str) -> tuple[str, ...]:
+    """More DSNs of servers holding the same rows; each checked as ``dsn`` is."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: replicas must be a list of DSN strings")
+    if len(value) > MAX_REPLICAS:
+        raise ConfigError(f"{where}: replicas lists more than {MAX_REPLICAS} servers")
+    for index, replica in enumerate(value):
+        try:
+            check_dsn(replica)
+        except DsnError as exc:
+            raise ConfigError(
+                f"{where}: replicas[{index}] {exc} (got {redact_dsn(replica)!r})"
+            ) from None
+        if replica == dsn or replica in value[:index]:
+            raise ConfigError(f"{where}: replicas[{index}] repeats a server already listed")
+    return tuple(value)
+
+
+def _parse_hedge_delay(value: object, where: str) -> float | None:
+    """``"auto"`` (None: the recent p95) or seconds, more than 0."""
+    if value == "auto":
+        return None
+    number = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    if not number or not 0 < value <= MAX_TIMEOUT:  # type: ignore[operator]
+        raise ConfigError(
+            f'{where}: hedge_delay must be "auto" or a number of seconds > 0 and <= {MAX_TIMEOUT:g}'
+        )
+    return float(value)  # type: ignore[arg-type]
 
 
 def _parse_breaker(item: Mapping[str, Any], where: str) -> BreakerSettings:

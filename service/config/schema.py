@@ -17,6 +17,7 @@ from service.config.secrets import dsn_secrets, redact_dsn
 from service.core import IdRanges
 from service.core.breaker import DEFAULT_COOLDOWN, DEFAULT_FAILURE_THRESHOLD, BreakerSettings
 from service.core.coalesce import DEFAULT_LINGER, MAX_WAIT
+from service.core.replicas import DEFAULT_HEDGE_BUDGET, HedgeSettings
 
 #: Seconds a source may take before it counts as missing (the product's contract).
 DEFAULT_TIMEOUT = 2.0
@@ -51,6 +52,11 @@ DEFAULT_PROBE_TIMEOUT = 0.5
 #: Seconds between checks of each source's rows against its declared ids.
 DEFAULT_IDS_CHECK_INTERVAL = 60.0
 MAX_IDS_CHECK_INTERVAL = 86400.0
+#: Seconds between background probes of a server whose breaker is open (0: no probes).
+DEFAULT_PROBE_INTERVAL = 1.0
+MAX_PROBE_INTERVAL = 3600.0
+#: Servers a source may list beside its ``dsn``.
+MAX_REPLICAS = 16
 
 
 class ConfigError(Exception):
@@ -61,6 +67,7 @@ class Kind(StrEnum):
     """The TOML type a key takes, and so how it is checked."""
 
     SECONDS = "a number of seconds"
+    NUMBER = "a number"
     WHOLE = "a whole number"
     FLAG = "true or false"
     TEXT = "a string"
@@ -80,13 +87,13 @@ class Rule:
         """The value as the key's Python type, or ConfigError naming the key and bounds."""
         if not self._typed(value) or not self._within(value):
             raise ConfigError(f"{key} must be {self.kind.value}{self._bounds()}")
-        if self.kind is Kind.SECONDS:
+        if self.kind in (Kind.SECONDS, Kind.NUMBER):
             return float(value)
         return value
 
     def _typed(self, value: object) -> bool:
         whole = isinstance(value, int) and not isinstance(value, bool)
-        if self.kind is Kind.SECONDS:
+        if self.kind in (Kind.SECONDS, Kind.NUMBER):
             return whole or (isinstance(value, float) and math.isfinite(value))
         if self.kind is Kind.WHOLE:
             return whole
@@ -170,6 +177,15 @@ class SourceConfig:
     ids: IdRanges | None = None
     """The id ranges the source holds, inclusive, sorted; None when undeclared."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    replicas: tuple[str, ...] = field(default=(), repr=False)
+    """More servers holding the same rows, beside ``dsn`` (the key ``replicas``)."""
+    hedge_delay: float | None = None
+    """Seconds before a fetch is hedged to the next replica; None (``"auto"``): the
+    95th percentile of the source's recent answers."""
+    hedge_budget: float = setting(
+        DEFAULT_HEDGE_BUDGET,
+        Rule(Kind.NUMBER, "share of fetches that may be hedged (0: never)", 0, 1),
+    )
 
     @property
     def safe_dsn(self) -> str:
@@ -178,8 +194,13 @@ class SourceConfig:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """The DSN's passwords, to be masked wherever a message might quote them."""
-        return dsn_secrets(self.dsn)
+        """The DSNs' passwords, to be masked wherever a message might quote them."""
+        return tuple(s for dsn in (self.dsn, *self.replicas) for s in dsn_secrets(dsn))
+
+    @property
+    def hedge(self) -> HedgeSettings:
+        """The hedging settings of a source with replicas."""
+        return HedgeSettings(delay=self.hedge_delay, budget=self.hedge_budget)
 
 
 def _seconds(
@@ -241,4 +262,10 @@ class Config:
         DEFAULT_IDS_CHECK_INTERVAL,
         "seconds between checks of each source's rows against its ids",
         MAX_IDS_CHECK_INTERVAL,
+    )
+    probe_interval: float = _seconds(
+        DEFAULT_PROBE_INTERVAL,
+        "seconds between probes of a server whose breaker is open (0: no probes)",
+        MAX_PROBE_INTERVAL,
+        closed=True,
     )

@@ -9,6 +9,10 @@ While open, and while a half-open trial is in flight, requests skip the source a
 once (outcome ``skipped``). Only one trial runs at a time, so a recovering source is
 probed by a single query rather than by every request that arrives at once.
 
+A breaker watched by an active health check (``probed``, see probing.py) never lets a
+request through as the trial: it stays open until a background probe succeeds and
+calls :meth:`CircuitBreaker.close`, so no client pays a deadline to test a server.
+
 Time comes from Trio's clock, so tests drive it with ``autojump_clock``.
 """
 
@@ -60,12 +64,17 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
+        self._opened = trio.Event()
+        self.probed = False
+        """Whether a background probe closes this breaker (then no request is a trial)."""
 
     @property
     def state(self) -> BreakerState:
         """The state as a request arriving now would see it."""
         if self._opened_at is None:
             return BreakerState.CLOSED
+        if self.probed:
+            return BreakerState.OPEN
         if self._trial_in_flight or self._cooled_down():
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
@@ -79,7 +88,7 @@ class CircuitBreaker:
         """A permit to query the source now, or None to skip it."""
         if self._opened_at is None:
             return Permit()
-        if self._trial_in_flight or not self._cooled_down():
+        if self.probed or self._trial_in_flight or not self._cooled_down():
             return None
         self._trial_in_flight = True
         return Permit(trial=True)
@@ -91,14 +100,14 @@ class CircuitBreaker:
         if success:
             # Any answer proves the source is back, a late one from before the
             # breaker opened included.
-            self._failures = 0
-            self._opened_at = None
+            self.close()
             return
         self._failures += 1
         if self.settings.failures <= 0:
             return
         if permit.trial or (self._opened_at is None and self._failures >= self.settings.failures):
             self._opened_at = trio.current_time()
+            self._opened.set()
         # A late failure of a fetch begun before the breaker opened changes nothing:
         # the cool-down runs from the moment it opened.
 
@@ -106,6 +115,18 @@ class CircuitBreaker:
         """A permitted fetch was abandoned without a verdict (the client went away)."""
         if permit.trial:
             self._trial_in_flight = False
+
+    def close(self) -> None:
+        """The source answered (a fetch or a probe): forget its failures, close."""
+        self._failures = 0
+        if self._opened_at is not None:
+            self._opened_at = None
+            self._opened = trio.Event()  # the next opening wakes the prober again
+
+    async def wait_open(self) -> None:
+        """Return once the breaker is open (at once if it already is)."""
+        while self._opened_at is None:
+            await self._opened.wait()
 
     def _cooled_down(self) -> bool:
         assert self._opened_at is not None

@@ -15,6 +15,7 @@ the page ends after ``limit`` rows, with a cursor to the next one (paging.py).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import operator
 from collections.abc import AsyncGenerator, Iterator, Sequence
@@ -23,12 +24,14 @@ from itertools import islice
 
 import trio
 
-from service.core.breaker import BreakerState
+from service.core.breaker import BreakerSettings, BreakerState
 from service.core.declared import DeclaredIds
 from service.core.guard import Guard, OutcomeObserver, attempt, describe
 from service.core.model import Answer, Outcome, Probe, Query, Row, Status
 from service.core.paging import next_cursor
 from service.core.ports import Member, Source
+from service.core.probing import ProbeTarget
+from service.core.replicas import ReplicaObserver, ReplicaSet, answered_by
 from service.core.stream import merge_streams
 from service.core.tracing import SOURCE_SPAN, span
 
@@ -45,7 +48,7 @@ class Collector:
     ) -> None:
         if timeout <= 0 or (probe_timeout is not None and probe_timeout <= 0):
             raise ValueError("timeouts must be positive")
-        members = tuple(s if isinstance(s, Member) else Member(s) for s in sources)
+        members = tuple(_member(s) for s in sources)
         self._timeout = timeout
         self._probe_timeout = timeout if probe_timeout is None else probe_timeout
         self.declared = DeclaredIds(
@@ -58,6 +61,22 @@ class Collector:
     def add_observer(self, observer: OutcomeObserver) -> None:
         """Call ``observer`` with every outcome (metrics); it must not block or raise."""
         self._observers.append(observer)
+
+    def add_replica_observer(self, observer: ReplicaObserver) -> None:
+        """Call ``observer`` on every replica attempt, hedge and hedge win (metrics)."""
+        for guard in self._guards:
+            if isinstance(guard.source, ReplicaSet):
+                guard.source.add_observer(observer)
+
+    def probe_targets(self) -> list[ProbeTarget]:
+        """Every breaker an active health check watches: a source's, or each replica's."""
+        targets: list[ProbeTarget] = []
+        for guard in self._guards:
+            if isinstance(guard.source, ReplicaSet):
+                targets.extend(guard.source.probe_targets())
+            else:
+                targets.append(ProbeTarget(guard.name, guard.breaker, guard.source.ping))
+        return targets
 
     @property
     def sources(self) -> tuple[Source, ...]:
@@ -201,10 +220,29 @@ class Collector:
         duration = trio.current_time() - start
         guard.verdict(permit, status, error, duration=duration, rows=len(rows))
         stray = guard.count_stray(rows) if status is Status.OK else 0
+        replica = answered_by() if status is Status.OK else None
         outcome = guard.outcome(
-            status, rows=len(rows), duration=duration, error=error, out_of_range=stray
+            status,
+            rows=len(rows),
+            duration=duration,
+            error=error,
+            out_of_range=stray,
+            replica=replica,
         )
         results[index] = (outcome, rows)
+
+
+def _member(source: Source | Member) -> Member:
+    """A configured source as the collector keeps it.
+
+    A replica set's own breaker never opens: each replica has one, and with all of
+    them open the set answers ``skipped`` at once, closing as soon as a probe (or a
+    trial) brings one replica back.
+    """
+    member = source if isinstance(source, Member) else Member(source)
+    if isinstance(member.source, ReplicaSet):
+        member = dataclasses.replace(member, breaker=BreakerSettings(failures=0))
+    return member
 
 
 def merge_by_id(batches: Sequence[Sequence[Row]]) -> Iterator[Row]:

@@ -18,7 +18,7 @@ import trio
 from service.core.breaker import BreakerState, CircuitBreaker, Permit
 from service.core.declared import DeclaredIds, IdsState
 from service.core.model import IdRanges, Outcome, Row, Status, Window, clip_ranges
-from service.core.ports import Member, SourceError, describe_error
+from service.core.ports import Member, SourceError, SourceSkipped, describe_error
 from service.core.tracing import FETCH_SPAN, Span, span
 
 log = logging.getLogger("collector.core")
@@ -113,11 +113,13 @@ class Guard:
         error: str | None,
         out_of_range: int = 0,
         resumes_after: int | None = None,
+        replica: str | None = None,
     ) -> Outcome:
         """The source's outcome, logged if it served stray rows and handed to observers.
 
         ``resumes_after`` is the id after which the source's rows went missing (a
         stream that failed part way): only its declared ids above it are missing.
+        ``replica`` names the replica that answered, for a source with several.
         """
         if status is Status.PRUNED:
             # No id it could hold was asked for: no connection, no breaker verdict.
@@ -136,6 +138,7 @@ class Guard:
                 self.breaker.state,
                 missing,
                 out_of_range,
+                replica,
             )
         if out_of_range:
             log.warning(
@@ -171,6 +174,13 @@ def log_breaker_change(name: str, before: BreakerState, breaker: CircuitBreaker)
     fields = {"source": name, "breaker": str(breaker.state)}
     if breaker.state is BreakerState.CLOSED:
         log.info("source %s answers again: circuit closed", name, extra=fields)
+    elif before is BreakerState.CLOSED and breaker.probed:
+        log.warning(
+            "source %s failed %d times in a row: circuit open until a probe succeeds",
+            name,
+            breaker.consecutive_failures,
+            extra=fields,
+        )
     elif before is BreakerState.CLOSED:
         log.warning(
             "source %s failed %d times in a row: circuit open, skipped for %g s",
@@ -210,6 +220,8 @@ async def attempt(
             await trio.lowlevel.checkpoint_if_cancelled()
             # A driver's own timeout is set just below ours, so it can fire first.
             status = Status.TIMEOUT if isinstance(exc, TimeoutError) else Status.ERROR
+            if isinstance(exc, SourceSkipped):
+                status = Status.SKIPPED
             rows, error = (), describe_error(exc)
         else:
             status, error = Status.OK, None

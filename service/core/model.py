@@ -108,6 +108,8 @@ class Outcome:
     """When the rows are missing: the ranges the source declares (None if undeclared)."""
     out_of_range: int = 0
     """Rows served whose id lies outside the ranges the source declares."""
+    replica: str | None = None
+    """Which replica answered, for a source with several (None: one server, or none)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,9 @@ How each way a source call can end is judged (``guard.attempt``)::
           ├── TimeoutError         the driver's own deadline, set just below ours:
           │                        status ``timeout``
           ├── SourceError          the source failed; its message is already safe to
-          │                        log (passwords removed): status ``error``
-          │    (also raised by the core for rows out of id order)
+          │    │                   log (passwords removed): status ``error``
+          │    │                   (also raised by the core for rows out of id order)
+          │    └── SourceSkipped   every replica's breaker is open: status ``skipped``
           └── any other            status ``error``, described as "Type: first line"
 
 Our own deadline passing is status ``timeout`` too. Whatever a call raised while
@@ -40,6 +41,10 @@ class SourceError(Exception):
     Source implementations raise it with secrets (DSN passwords) removed, so the
     core can log and report the reason as it is.
     """
+
+
+class SourceSkipped(SourceError):
+    """Nothing was asked: every server of the source has its breaker open (``skipped``)."""
 
 
 class Source(Protocol):

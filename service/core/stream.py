@@ -39,6 +39,7 @@ class StreamState:
         self.last_id: int | None = None
         self.duration = 0.0
         self.out_of_range = 0
+        self.replica: str | None = None
 
     @property
     def position(self) -> int | None:
@@ -62,6 +63,7 @@ class StreamState:
         self.status, batch, self.error = await traced_attempt(
             self.guard.name, "stream.batch", self.stream.next_batch, batch_seconds
         )
+        self.replica = getattr(self.stream, "replica", None)  # a replica set's choice
         self.batch, self.ids = list(batch), [row.id for row in batch]
         self.duration += trio.current_time() - start
         self.out_of_range += self.guard.count_stray(self.batch)
@@ -90,6 +92,7 @@ class StreamState:
             error=self.error,
             out_of_range=self.out_of_range,
             resumes_after=self.position,
+            replica=self.replica,
         )
 
 

@@ -30,7 +30,7 @@ from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from service.config import Config
-from service.core import Collector
+from service.core import Collector, keep_probing
 from service.core.coalesce import Coalescer
 from service.dbinit import init_source
 from service.runtime import stopping, tracing
@@ -123,7 +123,7 @@ async def _serve(
             if not await _first_ids_check(collector, draining):
                 return  # asked to stop while checking: nothing was served yet
             checks = trio.CancelScope()
-            nursery.start_soon(_watch_ids, collector, config.ids_check_interval, checks)
+            nursery.start_soon(_background_checks, collector, config, checks)
             metrics = Metrics(metrics_dir)
             metrics.watch_connections(budgets.usage)
             app = _app(config, collector, nursery, draining, metrics)
@@ -201,10 +201,15 @@ async def _first_ids_check(collector: Collector, draining: trio.Event) -> bool:
     return not signalled
 
 
-async def _watch_ids(collector: Collector, interval: float, scope: trio.CancelScope) -> None:
-    """Check the declared ids periodically after the first check, until the server stops."""
+async def _background_checks(collector: Collector, config: Config, scope: trio.CancelScope) -> None:
+    """Until the server stops: the periodic ids checks, and probes of open breakers."""
     with scope:
-        await collector.declared.watch(interval, checked=True)
+        async with trio.open_nursery() as background:
+            ids_watch = partial(collector.declared.watch, checked=True)
+            background.start_soon(ids_watch, config.ids_check_interval)
+            if config.probe_interval > 0:
+                targets = collector.probe_targets()
+                background.start_soon(keep_probing, targets, config.probe_interval, config.timeout)
 
 
 async def _serve_then_stop(

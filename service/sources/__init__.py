@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from service.config import Config
-from service.core import Member
+from service.core import Member, ReplicaSet, Source
 from service.sources.bridge import AsyncioBridge
-from service.sources.factory import open_source
+from service.sources.factory import open_servers
 from service.sources.pool import Budgets
 
 log = logging.getLogger("collector.sources")
@@ -43,10 +43,15 @@ async def open_sources(
     closers: list[Callable[[], Awaitable[None]]] = [budgets.close]
     try:
         for source in config.sources:
-            opened = await open_source(source, bridge, config.timeout, budgets)
-            if opened.close is not None:
-                closers.append(opened.close)
-            members.append(Member(opened.source, ids=source.ids, breaker=source.breaker))
+            servers = await open_servers(source, bridge, config.timeout, budgets)
+            closers.extend(opened.close for opened in servers if opened.close is not None)
+            member: Source = servers[0].source
+            if len(servers) > 1:  # replicas: index 0 is ``dsn``, then ``replicas`` in order
+                labelled = [(str(i), opened.source) for i, opened in enumerate(servers)]
+                member = ReplicaSet(
+                    source.name, labelled, breaker=source.breaker, hedge=source.hedge
+                )
+            members.append(Member(member, ids=source.ids, breaker=source.breaker))
         yield members
     finally:
         await _close(bridge, closers, budgets)

@@ -6,6 +6,7 @@ opener draws its connections from the process's :class:`~service.sources.pool.Bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from service.config import Access, SourceConfig
@@ -30,3 +31,14 @@ async def open_source(
     """Open one configured source under the collection deadline (no connection yet)."""
     opener = ENGINES[engine_of(source)][source.access]
     return await opener(source, bridge, DriverLimits.for_source(source.name, deadline), budgets)
+
+
+async def open_servers(
+    source: SourceConfig, bridge: AsyncioBridge, deadline: float, budgets: Budgets
+) -> list[Opened]:
+    """One opened driver source per server: ``dsn`` first, then each of ``replicas``."""
+    opened: list[Opened] = []
+    for dsn in (source.dsn, *source.replicas):
+        replica = dataclasses.replace(source, dsn=dsn, replicas=())
+        opened.append(await open_source(replica, bridge, deadline, budgets))
+    return opened

@@ -96,3 +96,4 @@ def watch(collector: Collector, metrics: Metrics) -> None:
     metrics.watch_breakers(collector.breaker_states)
     metrics.watch_ids(collector.declared.states)
     collector.add_observer(metrics.observe)
+    collector.add_replica_observer(metrics.observe_replica)

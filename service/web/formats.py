@@ -116,6 +116,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         "breaker": outcome.breaker.value,
         "missing_ids": ranges_json(outcome.missing_ids),
         "out_of_range": outcome.out_of_range,
+        "replica": outcome.replica,
     }
 
 
@@ -152,10 +153,21 @@ def collection_headers(collection: Answer) -> Headers:
 
 
 def server_timing(outcomes: Sequence[Outcome]) -> str:
-    """A W3C Server-Timing value with one metric per source (duration in ms)."""
+    """A W3C Server-Timing value with one metric per source (duration in ms).
+
+    A source with replicas names the one that answered in a ``replica`` parameter
+    (its index: 0 for ``dsn``, then ``replicas`` in order), after ``desc``.
+    """
     return ", ".join(
-        f'{o.source};dur={o.duration * 1000:.1f};desc="{o.status.value}"' for o in outcomes
+        f'{o.source};dur={o.duration * 1000:.1f};desc="{o.status.value}"'
+        + ("" if o.replica is None else f";replica={o.replica}")
+        for o in outcomes
     )
+
+
+def replicas_answered(collection: Answer) -> dict[str, str]:
+    """Which replica answered, for each source with replicas that answered (access line)."""
+    return {o.source: o.replica for o in collection.outcomes if o.replica is not None}
 
 
 def sf_string(text: str) -> str:

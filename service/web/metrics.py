@@ -7,6 +7,9 @@ collector_source_ids_state{source}                0 verified, 1 unknown, 2 viola
 collector_server_connections{server,state}        open, in_use, waiting, limit (the budget)
 collector_requests_in_flight                      HTTP requests being served
 collector_http_responses_total{code}              responses sent, by status code
+collector_replica_fetches_total{source,replica}   attempts sent to each replica (any reason)
+collector_replica_hedges_total{source,replica}    of those, hedges (sent after the hedge delay)
+collector_replica_hedge_wins_total{source,replica} hedges that answered first
 
 With several worker processes every worker writes its values to files in one
 shared directory (prometheus-client's multiprocess mode) and a scrape, whichever
@@ -177,6 +180,23 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.replica_events = {
+            event: Counter(
+                f"collector_replica_{metric}",
+                help_text,
+                ["source", "replica"],
+                registry=self.registry,
+            )
+            for event, metric, help_text in (
+                ("fetch", "fetches", "Attempts sent to each replica of a source."),
+                ("hedge", "hedges", "Hedged attempts (sent after the hedge delay) per replica."),
+                ("hedge_win", "hedge_wins", "Hedged attempts that answered first, per replica."),
+            )
+        }
+
+    def observe_replica(self, source: str, replica: str, event: str) -> None:
+        """Count one replica event: ``fetch``, ``hedge`` or ``hedge_win``."""
+        self.replica_events[event].labels(source, replica).inc()
 
     def watch_breakers(self, states: Callable[[], Mapping[str, BreakerState]]) -> None:
         """Export the breaker states that ``states`` reports.

@@ -125,6 +125,12 @@ _OUTCOME = {
         "breaker": {"type": "string", "enum": ["closed", "half_open", "open"]},
         "missing_ids": _RANGES,
         "out_of_range": {"type": "integer"},
+        "replica": {
+            "type": "string",
+            "nullable": True,
+            "description": "Which replica answered (0: dsn, then replicas in order); "
+            "null for a source with one server or without an answer.",
+        },
     },
 }
 _NEXT = {

@@ -56,6 +56,8 @@ def report(collection: Answer) -> None:
     if fields is not None:
         fields["complete"] = collection.complete
         fields["missing"] = list(collection.missing)
+        if replicas := formats.replicas_answered(collection):
+            fields["replicas"] = replicas
 
 
 class DataRoutes:
@@ -196,6 +198,8 @@ class DataRoutes:
                         if fields is not None:
                             fields["complete"] = item.complete
                             fields["interrupted"] = item.interrupted
+                            if replicas := formats.replicas_answered(item):
+                                fields["replicas"] = replicas
                         yield formats.stream_summary(item, query.limit, path)
                     else:
                         yield formats.ndjson_rows(item)

@@ -54,6 +54,7 @@ def write_config(
         f"ids_check_interval = {config.ids_check_interval}",
         f"server_connections = {config.server_connections}",
         f"idle_connection_timeout = {config.idle_connection_timeout}",
+        f"probe_interval = {config.probe_interval}",
     ]
     for source in config.sources:
         lines += [
@@ -69,6 +70,11 @@ def write_config(
         ]
         if source.ids is not None:
             lines.append(f"ids = {[list(pair) for pair in source.ids]}")
+        if source.replicas:
+            lines.append("replicas = [" + ", ".join(f'"{r}"' for r in source.replicas) + "]")
+            delay = "auto" if source.hedge_delay is None else source.hedge_delay
+            lines += [f'hedge_delay = "{delay}"' if delay == "auto" else f"hedge_delay = {delay}"]
+            lines.append(f"hedge_budget = {source.hedge_budget}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

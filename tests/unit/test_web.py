@@ -158,6 +158,7 @@ async def test_envelope_reports_each_source_and_the_missing_ids(autojump_clock: 
         "breaker": "closed",
         "missing_ids": None,
         "out_of_range": 0,
+        "replica": None,
     }
     assert (second["status"], second["error"]) == ("error", "OSError: down")
     assert second["missing_ids"] == [[11, 20], [41, 50]]
