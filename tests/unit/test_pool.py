@@ -92,6 +92,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def fetch_once(pool: DatabasePool[FakeConnection], served: list[str]) -> None:
+    """Borrow a connection, note which database got it, give it back."""
+    connection = await pool.acquire(timeout=10)
+    served.append(pool.name)
+    await settle()
+    await pool.release(connection)
+
+
 def test_a_burst_over_many_databases_never_opens_more_than_the_budget() -> None:
     server = Server()
     budget = budget_with(3)
@@ -156,17 +164,11 @@ def test_a_busy_database_cannot_keep_a_waiting_one_out_past_the_patience() -> No
     quiet = budget.pool("quiet", 10, server.connector("quiet"))
     served: list[str] = []
 
-    async def fetch(pool: DatabasePool[FakeConnection]) -> None:
-        connection = await pool.acquire(timeout=10)
-        served.append(pool.name)
-        await settle()
-        await pool.release(connection)
-
     async def scenario() -> None:
         held = await busy.acquire(timeout=1)
-        quiet_task = asyncio.ensure_future(fetch(quiet))  # waits first
+        quiet_task = asyncio.ensure_future(fetch_once(quiet, served))  # waits first
         await settle()
-        busy_tasks = [asyncio.ensure_future(fetch(busy)) for _ in range(5)]
+        busy_tasks = [asyncio.ensure_future(fetch_once(busy, served)) for _ in range(5)]
         await settle()
         clock.now += HANDOFF_PATIENCE  # the quiet database has waited its patience
         await busy.release(held)
@@ -185,16 +187,11 @@ def test_within_the_patience_a_connection_stays_with_its_database() -> None:
     quiet = budget.pool("quiet", 10, server.connector("quiet"))
     served: list[str] = []
 
-    async def fetch(pool: DatabasePool[FakeConnection]) -> None:
-        connection = await pool.acquire(timeout=10)
-        served.append(pool.name)
-        await pool.release(connection)
-
     async def scenario() -> None:
         held = await busy.acquire(timeout=1)
-        quiet_task = asyncio.ensure_future(fetch(quiet))
+        quiet_task = asyncio.ensure_future(fetch_once(quiet, served))
         await settle()
-        busy_task = asyncio.ensure_future(fetch(busy))
+        busy_task = asyncio.ensure_future(fetch_once(busy, served))
         await settle()
         await busy.release(held)  # no time has passed: the cheap handoff wins
         await asyncio.gather(quiet_task, busy_task)
@@ -214,17 +211,12 @@ def test_a_connection_never_moves_to_a_database_that_holds_more() -> None:
     second = budget.pool("second", 10, server.connector("second"))
     served: list[str] = []
 
-    async def fetch(pool: DatabasePool[FakeConnection]) -> None:
-        connection = await pool.acquire(timeout=10)
-        served.append(pool.name)
-        await pool.release(connection)
-
     async def scenario() -> None:
         a = await first.acquire(timeout=1)
         b = await second.acquire(timeout=1)
-        wants_a_second = asyncio.ensure_future(fetch(second))  # the oldest waiter
+        wants_a_second = asyncio.ensure_future(fetch_once(second, served))  # the oldest waiter
         await settle()
-        own = asyncio.ensure_future(fetch(first))
+        own = asyncio.ensure_future(fetch_once(first, served))
         await settle()
         clock.now += 10 * HANDOFF_PATIENCE
         await first.release(a)  # "second" still holds b: a stays with "first"
