@@ -33,6 +33,7 @@ from service.sources.postgres.orm import lowest_in_statement, mapped_row_class, 
 
 #: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
 SessionFactory = Callable[[], AsyncSession]
+_EVERYTHING = Window()
 
 
 async def thread_of(session: AsyncSession) -> int:
@@ -60,6 +61,7 @@ class MySqlOrmSource(DriverSource):
         self._model = mapped_row_class(table)
         self._sessions = sessions
         self._spec = spec
+        self._everything: Select[int, str | None] | None = None
 
     def open_stream(self, window: Window, batch_size: int) -> MySqlOrmStream:
         """The ORM query over ``window`` on an unbuffered cursor (started on the first batch)."""
@@ -98,8 +100,15 @@ class MySqlOrmSource(DriverSource):
                 raise
 
     def _statement(self, window: Window) -> Select[int, str | None]:
+        # Building the statement costs more than running it on a warm connection;
+        # the unbounded window (every plain /collect-data) is built once.
+        if window == _EVERYTHING and self._everything is not None:
+            return self._everything
         model = self._model
-        return window_statement(model, window).with_only_columns(model.id, model.name)
+        statement = window_statement(model, window).with_only_columns(model.id, model.name)
+        if window == _EVERYTHING:
+            self._everything = statement
+        return statement
 
 
 def create_engine(spec: SessionSpec, size: int) -> AsyncEngine:
