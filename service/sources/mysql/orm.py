@@ -207,7 +207,7 @@ class MySqlOrmStream:
             except BaseException:
                 finished = False
         if not finished:
-            await session.invalidate()
+            await bounded(self._spec, session.invalidate())
             if thread_id is not None:
                 await kill_query(self._spec, thread_id)
-        await session.close()
+        await bounded(self._spec, session.close())

@@ -3,8 +3,9 @@
 A source's session is bounded on both sides of the wire, as PostgreSQL's is:
 
 - the client side: every driver wait is cut at ``DriverLimits.timeout`` (just below
-  the deadline) by ``bounded``, and the driver's own connect and read timeouts sit
-  at the deadline itself as a backstop;
+  the deadline) by ``bounded``, and the driver's own connect timeout sits at the
+  deadline itself as a backstop (``read_timeout`` is left unset: when set, asyncmy
+  wraps every packet read in ``wait_for``, a task per read, off its fast path);
 - the server side: the engine's statement time limit is the deadline
   (``max_statement_time`` in seconds on MariaDB, ``max_execution_time`` in
   milliseconds on MySQL), and ``lock_wait_timeout`` bounds waits on a metadata
@@ -53,12 +54,10 @@ class SessionSpec:
 
     @classmethod
     def for_dsn(cls, dsn: str, limits: DriverLimits) -> SessionSpec:
-        """The driver's arguments for ``dsn``; its own timeouts at the deadline as a backstop."""
-        deadline = limits.statement_timeout_ms / 1000
+        """The driver's arguments for ``dsn``; its connect timeout at the deadline as a backstop."""
         kwargs = {
             **connect_kwargs(dsn),
-            "connect_timeout": deadline,
-            "read_timeout": deadline,
+            "connect_timeout": limits.statement_timeout_ms / 1000,
             "autocommit": True,
             "program_name": limits.application_name,
         }
@@ -113,8 +112,13 @@ class Prepared:
 
 
 async def bounded(spec: SessionSpec, work: Awaitable[T]) -> T:
-    """``work`` cut at the driver timeout: TimeoutError, which the core reports as ``timeout``."""
-    return await asyncio.wait_for(work, spec.limits.timeout)
+    """``work`` cut at the driver timeout: TimeoutError, which the core reports as ``timeout``.
+
+    A timer on the running task (``asyncio.timeout``), not ``wait_for``'s extra task: on
+    the drivers' trio-asyncio loop every task step costs a scheduler pass.
+    """
+    async with asyncio.timeout(spec.limits.timeout):
+        return await work
 
 
 def server_reported(exc: BaseException) -> bool:
