@@ -10,16 +10,19 @@ configs that differ only in where source_3 lives: PostgreSQL, or MariaDB. Both a
 driven by wrk at 32 connections on 127.0.0.1, alternating round after round (the
 machine's speed drifts over minutes; a ratio is fair only between neighbours), for
 source_3 read raw and through the ORM. Prints throughput, latency, the server's CPU
-per request and the mixed/all-PostgreSQL ratio of each round.
+per request and the mixed/all-PostgreSQL ratio of each round, and why answers were
+incomplete, if any were (the servers' per-source failure lines).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -29,8 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import Result, combined, spread, wrk
 from service.config import Access, Config
-from tests.e2e.conftest import running_server, write_config
+from tests.e2e.conftest import Server, running_server, write_config
 from tests.support import mysql, pg
+
+#: Every per-source failure is logged by the core's guard (service/core/guard.py).
+FAILED = '"logger": "collector.core"'
+
+
+def failure_reason(line: str) -> str | None:
+    """``source_3 timeout: ...`` from a failure log line, without its varying duration."""
+    record = json.loads(line)
+    if record.get("status") not in ("timeout", "error"):
+        return None
+    return f"{record.get('source')} {record.get('status')}: {record.get('reason')}"
 
 
 def configs(postgres: Config, maria: Config, access: Access) -> dict[str, Config]:
@@ -59,14 +73,20 @@ async def measure(postgres: Config, maria: Config, args: argparse.Namespace, wor
         runs: dict[str, list[Result]] = {}
         async with AsyncExitStack() as stack:
             urls: dict[str, tuple[str, int]] = {}
+            servers: dict[str, Server] = {}
             for label, config in configs(postgres, maria, access).items():
                 path = write_config(workdir / f"{len(urls)}.toml", config, coalesce=False)
                 server = await stack.enter_async_context(running_server(["--config", str(path)]))
                 urls[label] = (f"{server.url}/collect-data", server.process.pid)
+                servers[label] = server
                 runs[label] = []
             for _ in range(args.rounds):
                 for label, (url, pid) in urls.items():
                     runs[label].append(await wrk(label, url, 32, args.duration, pid))
+            for label, server in servers.items():
+                failures = Counter(failure_reason(line) for line in server.output if FAILED in line)
+                for reason, count in failures.most_common(3):
+                    print(f"  ({access.value}, {label}: {count} x {reason})")
         for label, results in runs.items():
             row = combined(label, results)
             print(
