@@ -60,7 +60,9 @@ async def orm_read(dialect: str, kwargs: dict[str, Any]) -> tuple[Read, Callable
         f"mysql+{dialect}://{kwargs['user']}:{kwargs.get('password', '')}"
         f"@{kwargs['host']}:{kwargs['port']}/{kwargs['database']}"
     )
-    engine = create_async_engine(url, pool_size=2, isolation_level="AUTOCOMMIT")
+    engine = create_async_engine(
+        url, pool_size=2, isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True
+    )
     sessions = async_sessionmaker(engine)
     statement = text(QUERY.replace("%s", ":a", 1).replace("%s", ":b", 1).replace("%s", ":c", 1))
 
