@@ -1,9 +1,9 @@
 """A MariaDB/MySQL source read with hand-written SQL over an asyncmy connection pool.
 
 asyncmy rather than aiomysql, by measurement (``bench/mysql_drivers.py``, plain
-asyncio, one read = checkout, select, rows checked, return): 42 against 174 us of
-CPU for 20 rows and 443 against 3161 us for 1000; its protocol is compiled, where
-aiomysql's (PyMySQL's) is pure Python.
+asyncio, one read = checkout, select, rows checked, return): 42-56 against 145-174 us
+of CPU for 20 rows and about 445 against 3200 us for 1000; its protocol is compiled,
+where aiomysql's (PyMySQL's) is pure Python.
 """
 
 from __future__ import annotations
