@@ -7,11 +7,13 @@ only when nothing answers there. Databases are named ``collector_my_*`` and drop
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncmy
@@ -26,6 +28,7 @@ from service.sources.bridge import AsyncioBridge
 from service.sources.mysql.dsn import connect_kwargs
 from tests.support.pg import answers
 
+T = TypeVar("T")
 TEST_DSN_ENV = "COLLECTOR_TEST_MYSQL_DSN"
 LOCAL_DSN = "mysql://root@127.0.0.1:3306/mysql"
 #: The read-only account roles_mysql.sql creates.
@@ -62,11 +65,12 @@ def reference_databases(dsn: str) -> Iterator[Config]:
             for name, table, access, ids in REFERENCE_SOURCES
         )
     )
-    trio_asyncio.run(_init_all, config)
+    reader_existed = trio_asyncio.run(_on_server, dsn, _reader_exists)
     try:
+        trio_asyncio.run(_init_all, config)
         yield config
     finally:
-        trio_asyncio.run(_drop_all, dsn, [urlsplit(s.dsn).path.lstrip("/") for s in config.sources])
+        trio_asyncio.run(_on_server, dsn, partial(_drop_all, config, reader_existed))
 
 
 async def _init_all(config: Config) -> None:
@@ -74,17 +78,49 @@ async def _init_all(config: Config) -> None:
         await trio_asyncio.aio_as_trio(init_source)(source)
 
 
-async def _drop_all(dsn: str, databases: list[str]) -> None:
-    async def drop() -> None:
-        connection = await asyncmy.connect(**connect_kwargs(dsn))
+async def _on_server(dsn: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(cursor)`` on an administrative connection (Trio-flavoured)."""
+
+    async def run() -> T:
+        connection = await asyncmy.connect(**{**connect_kwargs(dsn), "autocommit": True})
         try:
             async with connection.cursor() as cursor:
-                for database in databases:
-                    await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+                return await work(cursor)
         finally:
             connection.close()
 
-    await trio_asyncio.aio_as_trio(drop)()
+    return await trio_asyncio.aio_as_trio(run)()
+
+
+async def drop_source(dsn: str, source: SourceConfig) -> None:
+    """Drop one source's database and the reader's grant on its table (asyncio-flavoured)."""
+    connection = await asyncmy.connect(**{**connect_kwargs(dsn), "autocommit": True})
+    try:
+        async with connection.cursor() as cursor:
+            await _drop_source(cursor, source)
+    finally:
+        connection.close()
+
+
+async def _drop_source(cursor: Any, source: SourceConfig) -> None:
+    database = urlsplit(source.dsn).path.lstrip("/")
+    with contextlib.suppress(asyncmy.errors.MySQLError):  # 1147: no such grant
+        await cursor.execute(f"REVOKE SELECT ON `{database}`.`{source.table}` FROM '{READER}'@'%'")
+    await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+async def _reader_exists(cursor: Any) -> bool:
+    await cursor.execute("SELECT 1 FROM mysql.user WHERE user = %s AND host = '%%'", (READER,))
+    return bool(await cursor.fetchall())
+
+
+async def _drop_all(config: Config, reader_existed: bool, cursor: Any) -> None:
+    """Drop the databases and the reader's grants on them (MySQL keeps grants of dropped
+    tables); drop the reader too if this run created it."""
+    for source in config.sources:
+        await _drop_source(cursor, source)
+    if not reader_existed:
+        await cursor.execute(f"DROP USER IF EXISTS '{READER}'@'%'")
 
 
 class Admin:
