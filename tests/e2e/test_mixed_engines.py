@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
 from service.config import Access, Config
 from service.sources.bridge import AsyncioBridge
@@ -22,7 +23,7 @@ from tests.e2e.conftest import fault_on
 from tests.e2e.conftest import proxied_service as serve_proxied
 from tests.e2e.test_faults import ENVELOPE, FAULTS, SLACK, TIMEOUT, healthy_ids, timed_get
 from tests.support import mysql, pg
-from tests.support.faultproxy import ProxyFactory
+from tests.support.faultproxy import Mode, ProxyFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -102,3 +103,19 @@ async def test_mariadb_fault_costs_at_most_the_deadline_and_leaves_nothing_runni
             assert elapsed <= TIMEOUT + SLACK
             assert [row["id"] for row in bare.json()] == healthy_ids("source_3")
         assert (await timed_get(service.client))[0].headers["Collection-Complete"] == "?1"
+
+
+async def test_readyz_pings_mariadb_like_postgresql(
+    reference_config: Config, mariadb_config: Config, fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    config = mixed(reference_config, mariadb_config, Access.RAW)
+    async with proxied_service(config, fault_proxy, tmp_path) as service:
+        ready = await service.client.get("/readyz")
+        assert ready.status_code == 200
+        await service.proxies["source_3"].set_mode(Mode.BLACKHOLE)
+        start = trio.current_time()
+        ready = await service.client.get("/readyz")
+        assert trio.current_time() - start <= config.probe_timeout + SLACK
+        assert ready.status_code == 200  # the PostgreSQL sources still answer
+        report = {s["name"]: s["status"] for s in ready.json()["sources"]}
+        assert report == {"source_1": "ok", "source_2": "ok", "source_3": "timeout"}
