@@ -159,10 +159,13 @@ async def test_an_abandoned_query_is_killed_in_the_server_before_its_time_limit(
             mysql.admin(asyncio_bridge, source.dsn) as admin,
             mysql.locked_table(asyncio_bridge, source.dsn, source.table),
         ):
-            with trio.move_on_after(0.5):
-                await opened.source.fetch(Window())
-            assert await admin.running_queries() != []  # it waits on the lock...
-            assert await admin.queries_left(within=1.0) == []  # ...until killed
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(opened.source.fetch, Window())
+                with trio.fail_after(5):  # it waits on the lock...
+                    while not await admin.running_queries():  # noqa: ASYNC110 (polling)
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()  # ...is abandoned...
+            assert await admin.queries_left(within=1.0) == []  # ...and stops in the server
     finally:
         await asyncio_bridge.run(opened.close)
 
