@@ -2,9 +2,11 @@
 
 Run from the repository root (not part of the test suite):
 
-    uv run python bench/drivers.py [--reads 3000] [--dsn ...]
+    uv run python bench/drivers.py [--reads 3000] [--dsn ...] [--mysql-dsn ...]
 
-Creates the reference databases on the local PostgreSQL, then times one source read
+Creates the reference databases on the local PostgreSQL (and on the local MariaDB
+when it answers: its source read raw over asyncmy and through mysql+asyncmy is
+timed beside PostgreSQL's), then times one source read
 (pool checkout, the 20-row select, rows checked, connection returned), one read at a
 time, as the service does it, on three loops:
 
@@ -27,12 +29,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.config import Config, SourceConfig
+from service.config.secrets import is_mysql
 from service.core import Window
 from service.sources.base import DriverLimits
 from service.sources.pool import Budgets
@@ -47,7 +52,8 @@ Read = Callable[[], Awaitable[object]]
 async def open_reads(config: Config) -> tuple[dict[str, Read], list[Callable[[], Awaitable[Any]]]]:
     """One read function per access kind, asyncio-flavoured, and what closes them."""
     raw_source, orm_source = (
-        next(s for s in config.sources if s.access == kind) for kind in ("raw", "orm")
+        next(s for s in config.sources if s.access == kind and not is_mysql(s.dsn))
+        for kind in ("raw", "orm")
     )
     reads: dict[str, Read] = {}
     limits = DriverLimits.for_source("bench", config.timeout)
@@ -59,7 +65,22 @@ async def open_reads(config: Config) -> tuple[dict[str, Read], list[Callable[[],
     window = Window()
     reads["raw (asyncpg)"] = lambda: raw._fetch_on_asyncio(window)
     reads["orm (SQLAlchemy)"] = lambda: orm._fetch_on_asyncio(window)
-    return reads, [engine.dispose, budgets.close]
+    closers: list[Callable[[], Awaitable[Any]]] = [engine.dispose, budgets.close]
+    maria = next((s for s in config.sources if is_mysql(s.dsn)), None)
+    if maria is not None:
+        from service.sources.mysql import orm as my_orm
+        from service.sources.mysql import raw as my_raw
+        from service.sources.mysql.session import SessionSpec
+
+        my_pool, spec = await my_raw.create_pool(maria.dsn, 5, limits)
+        my_raw_source = my_raw.MySqlRawSource(maria.name, maria.table, my_pool, spec, None)  # type: ignore[arg-type]
+        my_engine = my_orm.create_engine(SessionSpec.for_dsn(maria.dsn, limits), 5)
+        sessions = my_orm.session_factory(my_engine)
+        my_orm_source = my_orm.MySqlOrmSource(maria.name, maria.table, sessions, spec, None)  # type: ignore[arg-type]
+        reads["raw (asyncmy)"] = lambda: my_raw_source._fetch_on_asyncio(window)
+        reads["orm (mysql+asyncmy)"] = lambda: my_orm_source._fetch_on_asyncio(window)
+        closers += [partial(my_raw.close_pool, my_pool), my_engine.dispose]
+    return reads, closers
 
 
 async def time_reads(run: Callable[[Read], Awaitable[object]], read: Read, count: int) -> float:
@@ -112,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--dsn", help="server to create the sources on (default: local)")
+    parser.add_argument("--mysql-dsn", help="MariaDB for one more source (default: local)")
     parser.add_argument("--plain-child", help=argparse.SUPPRESS)  # sources as JSON
     args = parser.parse_args()
     if args.plain_child:
@@ -123,9 +145,14 @@ def main() -> None:
 
     import trio
 
-    from tests.support import pg
+    from tests.support import mysql, pg
 
-    with pg.reference_databases(args.dsn or pg.LOCAL_DSN) as config:
+    with ExitStack() as stack:
+        config = stack.enter_context(pg.reference_databases(args.dsn or pg.LOCAL_DSN))
+        maria_dsn = args.mysql_dsn or mysql.LOCAL_DSN
+        if pg.answers("127.0.0.1", 3306) or args.mysql_dsn:
+            maria = stack.enter_context(mysql.reference_databases(maria_dsn)).sources[0]
+            config = Config(sources=(*config.sources, maria))
         sources = json.dumps(
             [
                 {"name": s.name, "dsn": s.dsn, "table": s.table, "access": s.access}
@@ -143,11 +170,13 @@ def main() -> None:
         rows["trio-asyncio, tuned"] = trio.run(on_trio_asyncio, config, args.reads, True)
     kinds = list(next(iter(rows.values())))
     print(f"\nCPU per source read, us ({args.reads} reads one at a time, after {WARM_UP})\n")
-    print(f"| {'loop':<26} | " + " | ".join(f"{k:>16}" for k in kinds) + " | 2 raw + 1 orm |")
-    print(f"|{'-' * 28}|" + "|".join("-" * 18 for _ in kinds) + "|---------------|")
+    widths = [max(16, len(k)) for k in kinds]
+    head = " | ".join(f"{k:>{w}}" for k, w in zip(kinds, widths, strict=True))
+    print(f"| {'loop':<26} | {head} | 2 raw + 1 orm |")
+    print(f"|{'-' * 28}|" + "|".join("-" * (w + 2) for w in widths) + "|---------------|")
     for loop, figures in rows.items():
         fan_out = 2 * figures["raw (asyncpg)"] + figures["orm (SQLAlchemy)"]
-        cells = " | ".join(f"{figures[k]:16.0f}" for k in kinds)
+        cells = " | ".join(f"{figures[k]:{w}.0f}" for k, w in zip(kinds, widths, strict=True))
         print(f"| {loop:<26} | {cells} | {fan_out:13.0f} |")
 
 

@@ -26,7 +26,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import asyncpg
 
 from service.config import ConfigError, SourceConfig
-from service.config.secrets import SCHEMES, redact_dsn
+from service.config.secrets import MYSQL_SCHEMES, SCHEMES, is_mysql, redact_dsn
+from service.core import describe_error
 from service.sqlnames import quote_identifier
 
 #: Seconds to wait for each connection made while initialising.
@@ -54,7 +55,7 @@ class InitReport:
 
 @functools.cache
 def sql_file(name: str) -> str:
-    """The text of ``schema.sql`` or ``seed.sql``, installed or in a checkout."""
+    """The text of one of the SQL files (``schema.sql``, ...), installed or in a checkout."""
     packaged = resources.files("service").joinpath("sql", name)
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
@@ -92,8 +93,12 @@ def admin_target(admin_dsn: str, source_dsn: str) -> str:
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("dbname", "database")]
     except ValueError:
         raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} cannot be parsed") from None
-    if parts.scheme not in SCHEMES:
-        raise ConfigError(f"admin DSN {redact_dsn(admin_dsn)} must start with postgresql://")
+    schemes = MYSQL_SCHEMES if is_mysql(source_dsn) else SCHEMES
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            f"admin DSN {redact_dsn(admin_dsn)} must start with {schemes[0]}:// "
+            "(the source's engine)"
+        )
     path = "/" + quote(_database_name(source_dsn))
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
 
@@ -106,6 +111,8 @@ async def init_source(source: SourceConfig, admin_dsn: str | None = None) -> Ini
     """
     if admin_dsn is not None:
         source = dataclasses.replace(source, dsn=admin_target(admin_dsn, source.dsn))
+    if is_mysql(source.dsn):
+        return await _init_mysql(source)
     try:
         return await _init(source)
     except asyncpg.InsufficientPrivilegeError as exc:
@@ -138,6 +145,27 @@ async def _init(source: SourceConfig) -> InitReport:
         await connection.close()
     # The status of an INSERT is "INSERT 0 <rows>".
     return InitReport(source.name, created, int(status.rsplit(" ", 1)[-1]))
+
+
+async def _init_mysql(source: SourceConfig) -> InitReport:
+    """The same files on MariaDB/MySQL, with ``roles_mysql.sql`` for the reader account."""
+    from asyncmy.errors import MySQLError
+
+    from service.sources.mysql.initdb import DeniedError, init_mysql
+
+    variables = {"table": source.table}
+    names = ("schema.sql", "seed.sql", "roles_mysql.sql")
+    files = [render_psql(sql_file(name), variables) for name in names]
+    try:
+        created, inserted = await init_mysql(source, files, CONNECT_TIMEOUT)
+    except DeniedError as exc:
+        raise NeedsAdminError(
+            f"source {source.name!r}: {exc}; run init-db as an account that may create "
+            "databases, tables and users (--admin-dsn)"
+        ) from None
+    except (OSError, TimeoutError, MySQLError) as exc:
+        raise InitError(f"source {source.name!r}: {describe_error(exc)}") from None
+    return InitReport(source.name, created, inserted)
 
 
 async def _ensure_database(source: SourceConfig) -> bool:

@@ -10,7 +10,7 @@ import trio
 from service.config import Config
 from service.sources.aioloop import open_loop
 from service.sources.bridge import AsyncioBridge
-from tests.support import pg
+from tests.support import mysql, pg
 from tests.support.faultproxy import ProxyFactory
 from tests.support.pg import proxy_factory
 from tests.support.time_limit import (  # noqa: F401 (hooks, registered by being here)
@@ -40,6 +40,19 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def reference_config(postgres_dsn: str) -> Iterator[Config]:
     """Three freshly created and seeded reference sources on the test server."""
     with pg.reference_databases(postgres_dsn) as config:
+        yield config
+
+
+@pytest.fixture(scope="session")
+def mariadb_dsn() -> str:
+    """A DSN for the real MariaDB server; skips when nothing answers (tests/support/mysql.py)."""
+    return mysql.server_dsn()
+
+
+@pytest.fixture(scope="session")
+def mariadb_config(mariadb_dsn: str) -> Iterator[Config]:
+    """The three reference sources created and seeded on MariaDB, by ``init-db``'s code."""
+    with mysql.reference_databases(mariadb_dsn) as config:
         yield config
 
 

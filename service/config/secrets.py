@@ -14,6 +14,8 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("postgresql", "postgres")
+#: MariaDB and MySQL sources (``service/sources/mysql``); their DSNs carry no parameters.
+MYSQL_SCHEMES = ("mysql", "mariadb")
 #: The query parameters a DSN may carry.
 PARAMETERS = (
     "host",
@@ -40,12 +42,36 @@ def check_dsn(dsn: str) -> None:
         parts = urlsplit(dsn)
     except ValueError as exc:
         raise DsnError(f"is not a valid URL ({exc})") from None
+    if parts.scheme in MYSQL_SCHEMES:
+        _check_mysql(parts.netloc, parts.path, parts.query)
+        return
     if parts.scheme not in SCHEMES:
-        raise DsnError("must start with postgresql://")
+        raise DsnError("must start with postgresql://, mysql:// or mariadb://")
     for host in parts.netloc.rpartition("@")[2].split(","):
         _check_host(host)
     for key, value in _query(parts.query):
         _check_parameter(key, value)
+
+
+def is_mysql(dsn: str) -> bool:
+    """Whether ``dsn`` names a MariaDB or MySQL server (else PostgreSQL)."""
+    return dsn.partition("://")[0] in MYSQL_SCHEMES
+
+
+def _check_mysql(netloc: str, path: str, query: str) -> None:
+    """``mysql://user[:password]@host[:port]/database``: one host, a database, no parameters.
+
+    The driver takes keyword arguments, not a URL, so anything beyond these parts
+    would be silently dropped; it is refused instead.
+    """
+    host = netloc.rpartition("@")[2]
+    if not host or "," in host:
+        raise DsnError("must name one host (mysql://user@host:3306/database)")
+    _check_host(host)
+    if not path.strip("/") or "/" in path.strip("/"):
+        raise DsnError("must name a database (mysql://user@host:3306/database)")
+    if query:
+        raise DsnError("takes no query parameters for mysql:// and mariadb://")
 
 
 def _check_host(host: str) -> None:

@@ -41,10 +41,12 @@ async def open_sources(
     budgets = budgets if budgets is not None else budgets_for(config)
     members: list[Member] = []
     closers: list[Callable[[], Awaitable[None]]] = [budgets.close]
+    terminators: list[Callable[[], None]] = [budgets.terminate]
     try:
         for source in config.sources:
             servers = await open_servers(source, bridge, config.timeout, budgets)
             closers.extend(opened.close for opened in servers if opened.close is not None)
+            terminators.extend(o.terminate for o in servers if o.terminate is not None)
             member: Source = servers[0].source
             if len(servers) > 1:  # replicas: index 0 is ``dsn``, then ``replicas`` in order
                 labelled = [(str(i), opened.source) for i, opened in enumerate(servers)]
@@ -54,7 +56,7 @@ async def open_sources(
             members.append(Member(member, ids=source.ids, breaker=source.breaker))
         yield members
     finally:
-        await _close(bridge, closers, budgets)
+        await _close(bridge, closers, terminators)
 
 
 def budgets_for(config: Config) -> Budgets:
@@ -63,7 +65,9 @@ def budgets_for(config: Config) -> Budgets:
 
 
 async def _close(
-    bridge: AsyncioBridge, closers: list[Callable[[], Awaitable[None]]], budgets: Budgets
+    bridge: AsyncioBridge,
+    closers: list[Callable[[], Awaitable[None]]],
+    terminators: list[Callable[[], None]],
 ) -> None:
     # Shielded: this runs while the server is being torn down, possibly because of
     # a cancellation, and connections left open would hold server connections.
@@ -74,4 +78,5 @@ async def _close(
             await bridge.run(close)
     if scope.cancelled_caught:
         log.warning("sources did not close within %.0f s; cutting connections", CLOSE_GRACE)
-        budgets.terminate()
+        for terminate in terminators:
+            terminate()

@@ -36,8 +36,10 @@ class Opened:
 
     source: Source
     close: Callable[[], Awaitable[None]] | None = None
-    """Asyncio-flavoured: let go of what the source holds beyond its pool (at shutdown;
-    the pools themselves belong to :class:`~service.sources.pool.Budgets`)."""
+    """Asyncio-flavoured: let go of what the source holds beyond the budgets' pools
+    (at shutdown; those belong to :class:`~service.sources.pool.Budgets`)."""
+    terminate: Callable[[], None] | None = None
+    """Cut connections of its own (outside the budgets) when ``close`` overran its grace."""
 
 
 class SourceDataError(Exception):
@@ -160,18 +162,22 @@ def is_stale(exc: BaseException) -> bool:
     return False
 
 
-async def once_more_if_stale(attempt: Callable[[], Awaitable[T]], source: str) -> T:
+async def once_more_if_stale(
+    attempt: Callable[[], Awaitable[T]],
+    source: str,
+    stale: Callable[[BaseException], bool] = is_stale,
+) -> T:
     """Run ``attempt``; if it failed on a stale connection or statement, run it once more.
 
     Both attempts run inside the one call the core bounds by the deadline, so the
     retry never extends it, and a source that fails again is reported: never more
     than two attempts per request. ``attempt`` must discard the connection it
-    failed on, when ``is_stale``, so that the retry runs on a fresh one.
+    failed on, when ``stale`` (the engine's rule), so that the retry runs on a fresh one.
     """
     try:
         return await attempt()
     except Exception as exc:
-        if not is_stale(exc):
+        if not stale(exc):
             raise
         log.info("source %s: stale connection or statement, retrying once", source)
     return await attempt()
@@ -222,12 +228,20 @@ class DriverSource:
     Subclasses implement the asyncio-flavoured ``_fetch_on_asyncio`` and
     ``_ping_on_asyncio``; the Trio-flavoured ``fetch`` and ``ping`` of the core's
     Source protocol run them on the asyncio loop and report failures without secrets.
+    ``stale`` is the engine's rule for a connection worth one retry (PostgreSQL's by default).
     """
 
-    def __init__(self, name: str, bridge: AsyncioBridge, secrets: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        bridge: AsyncioBridge,
+        secrets: tuple[str, ...],
+        stale: Callable[[BaseException], bool] = is_stale,
+    ) -> None:
         self._name = name
         self._bridge = bridge
         self._secrets = secrets
+        self._stale = stale
 
     @property
     def name(self) -> str:
@@ -237,11 +251,11 @@ class DriverSource:
     async def fetch(self, window: Window) -> list[Row]:
         """The table's rows inside ``window``, ordered by id (Trio-flavoured)."""
         attempt = partial(self._fetch_on_asyncio, window)
-        return await self.run(partial(once_more_if_stale, attempt, self._name))
+        return await self.run(partial(once_more_if_stale, attempt, self._name, self._stale))
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` on a pooled connection (Trio-flavoured)."""
-        await self.run(partial(once_more_if_stale, self._ping_on_asyncio, self._name))
+        await self.run(partial(once_more_if_stale, self._ping_on_asyncio, self._name, self._stale))
 
     async def lowest_outside(self, ranges: IdRanges) -> int | None:
         """The lowest id outside ``ranges``: a bounded index probe per gap between them."""

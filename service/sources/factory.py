@@ -10,19 +10,23 @@ import dataclasses
 from collections.abc import Mapping
 
 from service.config import Access, SourceConfig
-from service.sources import postgres
+from service.config.secrets import is_mysql
+from service.sources import mysql, postgres
 from service.sources.base import DriverLimits, Opened
 from service.sources.bridge import AsyncioBridge
 from service.sources.pool import Budgets
 from service.sources.postgres import Opener
 
 #: Engine name -> its openers by access mode.
-ENGINES: Mapping[str, Mapping[Access, Opener]] = {"postgres": postgres.OPENERS}
+ENGINES: Mapping[str, Mapping[Access, Opener]] = {
+    "postgres": postgres.OPENERS,
+    "mysql": mysql.OPENERS,
+}
 
 
 def engine_of(source: SourceConfig) -> str:
-    """The engine a source runs on; every DSN the config accepts today is PostgreSQL."""
-    return "postgres"
+    """The engine a source runs on, by its DSN's scheme (the config accepts no others)."""
+    return "mysql" if is_mysql(source.dsn) else "postgres"
 
 
 async def open_source(

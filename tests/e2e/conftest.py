@@ -19,8 +19,9 @@ import pytest
 import trio
 
 from service.config import Config, SourceConfig
+from service.config.secrets import is_mysql
 from service.sources.bridge import AsyncioBridge
-from tests.support import pg
+from tests.support import mysql, pg
 from tests.support.faultproxy import FaultProxy, Mode, ProxyFactory
 
 pytestmark = pytest.mark.e2e
@@ -201,7 +202,8 @@ async def fault_on(
 ) -> AsyncIterator[None]:
     """Break ``source`` for the duration: a proxy fault, or ``lock`` (a table lock)."""
     if fault == "lock":
-        async with pg.locked_table(bridge, source.dsn, source.table):
+        lock = mysql.locked_table if is_mysql(source.dsn) else pg.locked_table
+        async with lock(bridge, source.dsn, source.table):
             yield
         return
     await proxy.set_mode(PROXY_FAULTS[fault], delay=delay)

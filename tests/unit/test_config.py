@@ -101,7 +101,10 @@ def test_password_never_appears_in_a_source_repr(tmp_path: Path) -> None:
         ),
         (VALID.replace('access = "raw"', 'access = "raw"\nextra = 1'), "unknown key 'extra'"),
         (VALID.replace('name = "source_1"', 'name = "a b"'), "must be 1-64 characters"),
-        (VALID.replace("postgres://user@", "mysql://user@"), "dsn must start with postgresql"),
+        (
+            VALID.replace("postgres://user@", "oracle://user@"),
+            "dsn must start with postgresql://, mysql:// or mariadb://",
+        ),
         (
             VALID.replace('table = "data_1"', 'table = "data_1; DROP TABLE data_1"'),
             "is not a plain identifier",

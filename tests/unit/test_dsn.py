@@ -20,6 +20,8 @@ SOURCE = '[[sources]]\nname = "a"\ndsn = "{dsn}"\ntable = "t"\naccess = "{access
         "postgresql://u@h1:5432,h2:5433/db",
         "postgresql:///db?host=/run/postgresql",
         "postgresql://u:@/db?host=/tmp/x&port=5433",
+        "mysql://u:pw@127.0.0.1:3306/db",
+        "mariadb://u@db.example/source_1",
     ],
 )
 def test_usable_dsns_pass(dsn: str) -> None:
@@ -33,7 +35,13 @@ def test_usable_dsns_pass(dsn: str) -> None:
         ("postgresql://u:pw@h:99999/db", "bad host or port"),
         ("postgresql://u:pw@h:port/db", "bad host or port"),
         ("postgresql://u:pw@h:0/db", "bad port"),
-        ("mysql://u:pw@h/db", "must start with postgresql://"),
+        ("oracle://u:pw@h/db", "must start with postgresql://, mysql:// or mariadb://"),
+        ("mysql://u:pw@h:99999/db", "bad host or port"),
+        ("mysql://u:pw@h1,h2/db", "must name one host"),
+        ("mysql://u:pw@/db", "must name one host"),
+        ("mysql://u:pw@h", "must name a database"),
+        ("mariadb://u:pw@h/db/x", "must name a database"),
+        ("mysql://u:pw@h/db?ssl=1", "takes no query parameters"),
         ("postgresql://u:pw@h/db?sslmode", "malformed query string"),
         ("postgresql://u:pw@h/db?user=a&user=b", "parameter 'user' twice"),
     ],

@@ -127,3 +127,18 @@ async def test_raw_source_keeps_a_connection_after_an_ordinary_error(
     with pytest.raises(SourceError, match="UndefinedTableError"):
         await make_source(pool, asyncio_bridge).fetch(Window())
     assert len(pool.connection.queries) == 1
+
+
+def test_mysql_connection_errors_are_stale_and_server_errors_are_not() -> None:
+    from asyncmy.errors import InterfaceError, OperationalError, ProgrammingError
+
+    from service.sources.mysql.session import is_stale as mysql_is_stale
+
+    lost = OperationalError(2013, "Lost connection to MySQL server during query")
+    gone = OperationalError(2006, "MySQL server has gone away")
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = gone
+    assert all(mysql_is_stale(e) for e in (lost, gone, InterfaceError(0, "Not connected"), wrapped))
+    refused = OperationalError(2003, "Can't connect to MySQL server")
+    missing = ProgrammingError(1146, "Table 'x.y' doesn't exist")
+    assert not any(mysql_is_stale(e) for e in (refused, missing, ValueError("x")))
