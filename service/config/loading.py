@@ -60,7 +60,7 @@ from service.config.schema import (
     checked,
     rules,
 )
-from service.config.secrets import DsnError, check_dsn, redact_dsn
+from service.config.secrets import DsnError, check_dsn, is_mysql, redact_dsn
 from service.core import IdRanges
 from service.core.breaker import BreakerSettings
 
@@ -227,6 +227,11 @@ def _parse_replicas(value: object, dsn: str, where: str) -> tuple[str, ...]:
             ) from None
         if replica == dsn or replica in value[:index]:
             raise ConfigError(f"{where}: replicas[{index}] repeats a server already listed")
+        if is_mysql(replica) != is_mysql(dsn):
+            raise ConfigError(
+                f"{where}: replicas[{index}] is on another engine than dsn"
+                f" (got {redact_dsn(replica)!r})"
+            )
     return tuple(value)
 
 

@@ -20,6 +20,7 @@ from service.sources import open_sources
 from service.sources.base import DriverLimits
 from service.sources.bridge import AsyncioBridge
 from service.sources.mysql.session import SessionSpec, kill_query
+from service.sources.pool import Budgets
 from tests.support import mysql, pg
 from tests.support.collecting import collector_for, read_stream
 from tests.support.faultproxy import Mode, ProxyFactory
@@ -153,7 +154,8 @@ async def test_an_abandoned_query_is_killed_in_the_server_before_its_time_limit(
     """Cancelled from outside, the query is killed at once, not at ``max_statement_time``."""
     source = first(mariadb_config, access)
     limits = DriverLimits.for_source(source.name, 30.0)  # the server's own limit: 30 s
-    opened = await mysql_sources.OPENERS[access](source, asyncio_bridge, limits)
+    budgets = Budgets(limit=4, idle_timeout=60.0)
+    opened = await mysql_sources.OPENERS[access](source, asyncio_bridge, limits, budgets)
     try:
         async with (
             mysql.admin(asyncio_bridge, source.dsn) as admin,
