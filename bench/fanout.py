@@ -11,7 +11,9 @@ serves the first N of them (half raw, half ORM, coalescing off) with the real
 16 connections. For each run it prints requests/s, p50, p99, the share of complete
 answers, the service's CPU per request and per source, the peak number of
 connections the service held on the server (sampled from ``pg_stat_activity``),
-and how many "too many clients" refusals the server logged meanwhile.
+and how many "too many clients" refusals the server logged meanwhile; then, at 1
+connection, the median latency ``/collect-data`` adds over its slowest source
+(``Server-Timing``) against the median of ``/livez``, alternating.
 
 In the same run, a child process on stock asyncio (no Trio, no HTTP, none of our
 code) makes the same fetches with the drivers alone: an asyncpg pool per raw
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,12 +40,15 @@ import trio_asyncio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.load import Result, wrk
+from bench.measure import Connection, get_request
 from service.config import Access, Config, SourceConfig
 from tests.e2e.conftest import running_server, write_config
 from tests.support import pg
 
 ROWS = 20
 PREFIX = "collector_fanout"
+#: Requests of each kind for the added-latency medians.
+LATENCY_SAMPLES = 200
 #: The drivers' floor, run in a child process on stock asyncio.
 FLOOR = Path(__file__).with_name("driver_floor.py")
 PG_LOG = Path("/var/log/postgresql")
@@ -119,7 +125,12 @@ class Peak:
         self.highest = 0
 
     async def watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(self.server_dsn)
+        try:
+            connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(self.server_dsn)
+        except asyncpg.TooManyConnectionsError:
+            self.highest = -1  # the server is full: shown as "full" in the table
+            task_status.started()
+            return
         task_status.started()
         try:
             while True:
@@ -153,7 +164,28 @@ async def serve_and_load(
                 )
                 nursery.cancel_scope.cancel()
             rows.append((result, peak.highest, refusals() - before))
+        added, livez = await added_over_livez(server.url)
+        print(
+            f"  N={count}, 1 conn: added latency over the slowest source {added:.2f} ms,"
+            f" /livez {livez:.2f} ms: {added / livez:.2f}x (median of {LATENCY_SAMPLES})",
+            flush=True,
+        )
     return rows
+
+
+async def added_over_livez(base_url: str) -> tuple[float, float]:
+    """Medians at 1 connection: what /collect-data adds over its slowest source, and /livez."""
+    connection = Connection.to(base_url)
+    collect, livez = get_request("/collect-data"), get_request("/livez")
+    added: list[float] = []
+    bare: list[float] = []
+    try:
+        for _ in range(LATENCY_SAMPLES):  # alternating, so both see the same machine
+            added.append((await connection.get(collect))[1])
+            bare.append((await connection.get(livez))[0])
+    finally:
+        await connection.aclose()
+    return statistics.median(added), statistics.median(bare)
 
 
 def drivers_floor(server_dsn: str, count: int) -> dict[str, float]:
@@ -181,7 +213,7 @@ def table(rows: list[tuple[int, Result, int, int, float]], duration: int) -> str
         lines.append(
             f"| {count} | {conns} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f}"
             f" | {complete:.1%} | {r.cpu_ms or 0.0:.2f} | {per_source:.3f} | {floor:.3f}"
-            f" | {per_source / floor:.2f} | {peak} | {refused} |"
+            f" | {per_source / floor:.2f} | {peak if peak >= 0 else 'server full'} | {refused} |"
         )
     return "\n".join(lines)
 

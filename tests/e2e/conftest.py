@@ -53,10 +53,13 @@ def write_config(
         f"coalesce = {'true' if coalesce and config.coalesce else 'false'}",
         f"probe_timeout = {config.probe_timeout}",
         f"ids_check_interval = {config.ids_check_interval}",
-        f"server_connections = {config.server_connections}",
-        f"idle_connection_timeout = {config.idle_connection_timeout}",
-        f"probe_interval = {config.probe_interval}",
     ]
+    # Later keys only when set, so that a config for an older build (side-by-side
+    # benchmarks) stays one it accepts.
+    defaults = Config(sources=config.sources)
+    for key in ("server_connections", "idle_connection_timeout", "probe_interval"):
+        if getattr(config, key) != getattr(defaults, key):
+            lines.append(f"{key} = {getattr(config, key)}")
     for source in config.sources:
         lines += [
             "[[sources]]",
@@ -65,10 +68,11 @@ def write_config(
             f'table = "{source.table}"',
             f'access = "{source.access}"',
             f"pool_size = {source.pool_size}",
-            f"pgbouncer = {'true' if source.pgbouncer else 'false'}",
             f"breaker_failures = {source.breaker.failures}",
             f"breaker_cooldown = {source.breaker.cooldown}",
         ]
+        if source.pgbouncer:
+            lines.append("pgbouncer = true")
         if source.ids is not None:
             lines.append(f"ids = {[list(pair) for pair in source.ids]}")
         if source.replicas:
