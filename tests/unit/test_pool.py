@@ -229,13 +229,19 @@ def test_a_connection_never_moves_to_a_database_that_holds_more() -> None:
     assert len(server.opened) == 2  # no session was reopened
 
 
-def test_a_database_holds_at_most_an_equal_share_of_the_budget() -> None:
+@pytest.mark.parametrize(
+    ("limit", "pool_size", "databases"),
+    [(4, 10, 2), (10, 2, 1)],
+    ids=["an equal share of the budget", "its pool_size"],
+)
+def test_a_database_holds_no_more_than_its_cap(limit: int, pool_size: int, databases: int) -> None:
     # Two databases on a budget of 4: one busy database gets 2, not all 4, so the
     # other's first fetches never need a connection moved (a new session each).
     server = Server()
-    budget = budget_with(4)
-    busy = budget.pool("busy", 10, server.connector("busy"))
-    budget.pool("quiet", 10, server.connector("quiet"))
+    budget = budget_with(limit)
+    busy = budget.pool("busy", pool_size, server.connector("busy"))
+    for k in range(databases - 1):
+        budget.pool(f"quiet_{k}", pool_size, server.connector(f"quiet_{k}"))
 
     async def scenario() -> None:
         held = [await busy.acquire(timeout=1), await busy.acquire(timeout=1)]
@@ -271,22 +277,6 @@ def test_an_idle_connection_of_another_database_makes_room() -> None:
 
     run(scenario)
     assert server.peak == 2
-
-
-def test_a_pool_holds_no_more_than_its_cap() -> None:
-    server = Server()
-    budget = budget_with(10)
-    pool = budget.pool("db", 2, server.connector("db"))
-
-    async def scenario() -> None:
-        held = [await pool.acquire(timeout=1), await pool.acquire(timeout=1)]
-        with pytest.raises(ConnectionWaitTimeout):
-            await pool.acquire(timeout=0.01)
-        for connection in held:
-            await pool.release(connection)
-
-    run(scenario)
-    assert len(server.opened) == 2
 
 
 def test_a_broken_connection_frees_its_place_for_a_waiter() -> None:

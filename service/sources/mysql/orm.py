@@ -34,11 +34,10 @@ from service.sources.mysql.session import (
     is_stale,
     kill_query,
 )
-from service.sources.postgres.orm import lowest_in_statement, mapped_row_class, window_statement
+from service.sources.postgres.orm import WindowStatements, lowest_in_statement, mapped_row_class
 
 #: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
 SessionFactory = Callable[[], AsyncSession]
-_EVERYTHING = Window()
 
 
 #: The server thread each asyncio task's latest ORM statement ran on (see ``note_thread``).
@@ -80,7 +79,7 @@ class MySqlOrmSource(DriverSource):
         self._model = mapped_row_class(table)
         self._sessions = sessions
         self._spec = spec
-        self._everything: Select[int, str | None] | None = None
+        self._statements = WindowStatements(self._model)
 
     def open_stream(self, window: Window, batch_size: int) -> MySqlOrmStream:
         """The ORM query over ``window`` on an unbuffered cursor (started on the first batch)."""
@@ -119,15 +118,7 @@ class MySqlOrmSource(DriverSource):
                 raise
 
     def _statement(self, window: Window) -> Select[int, str | None]:
-        # Building the statement costs more than running it on a warm connection;
-        # the unbounded window (every plain /collect-data) is built once.
-        if window == _EVERYTHING and self._everything is not None:
-            return self._everything
-        model = self._model
-        statement = window_statement(model, window).with_only_columns(model.id, model.name)
-        if window == _EVERYTHING:
-            self._everything = statement
-        return statement
+        return self._statements.columns_for(window)
 
 
 def create_engine(spec: SessionSpec, size: int) -> AsyncEngine:

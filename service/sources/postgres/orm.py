@@ -79,6 +79,28 @@ def lowest_in_statement(model: type[RowColumns], ranges: IdRanges) -> Any:
     return per_range[0] if len(per_range) == 1 else union_all(*per_range)
 
 
+class WindowStatements:
+    """The select of a mapped class's columns for a window, the unbounded one built once.
+
+    Building a statement costs more than running it on a warm connection, and the
+    unbounded window is every plain /collect-data; both engines' ORM sources use this.
+    """
+
+    def __init__(self, model: type[RowColumns]) -> None:
+        self._model = model
+        self._everything: Select[int, str | None] | None = None
+
+    def columns_for(self, window: Window) -> Select[int, str | None]:
+        """The mapped columns in ``window``, in id order, bounds pushed down."""
+        if window == _EVERYTHING and self._everything is not None:
+            return self._everything
+        model = self._model
+        statement = window_statement(model, window).with_only_columns(model.id, model.name)
+        if window == _EVERYTHING:
+            self._everything = statement
+        return statement
+
+
 class OrmSource(DriverSource):
     """Reads one table through the ORM: a select on the mapped class, in an AsyncSession.
 
@@ -98,7 +120,7 @@ class OrmSource(DriverSource):
         super().__init__(name, bridge, secrets)
         self._model = mapped_row_class(table)
         self._sessions = sessions
-        self._everything: Select[int, str | None] | None = None
+        self._statements = WindowStatements(self._model)
 
     def open_stream(self, window: Window, batch_size: int) -> OrmStream:
         """A streamed ORM query over ``window`` (started on the first batch)."""
@@ -130,15 +152,7 @@ class OrmSource(DriverSource):
                 raise
 
     def _statement(self, window: Window) -> Select[int, str | None]:
-        # Building the statement costs more than running it on a warm connection;
-        # the unbounded window (every plain /collect-data) is built once.
-        if window == _EVERYTHING and self._everything is not None:
-            return self._everything
-        model = self._model
-        statement = window_statement(model, window).with_only_columns(model.id, model.name)
-        if window == _EVERYTHING:
-            self._everything = statement
-        return statement
+        return self._statements.columns_for(window)
 
 
 class PooledAsyncpgDialect(PGDialect_asyncpg):
