@@ -57,6 +57,12 @@ class Server:
     def open_now(self) -> int:
         return sum(not c.closed for c in self.opened)
 
+    def pool(
+        self, budget: ServerBudget, database: str, cap: int = 10
+    ) -> DatabasePool[FakeConnection]:
+        """A pool for ``database`` on ``budget`` whose connections this server opens."""
+        return budget.pool(database, cap, self.connector(database))
+
     def connector(self, database: str) -> Connect[FakeConnection]:
         async def connect(_pool: DatabasePool[FakeConnection]) -> FakeConnection:
             await asyncio.sleep(0)  # a real connect yields to the loop
@@ -103,7 +109,7 @@ async def fetch_once(pool: DatabasePool[FakeConnection], served: list[str]) -> N
 def test_a_burst_over_many_databases_never_opens_more_than_the_budget() -> None:
     server = Server()
     budget = budget_with(3)
-    pools = [budget.pool(f"db{i}", 10, server.connector(f"db{i}")) for i in range(4)]
+    pools = [server.pool(budget, f"db{i}") for i in range(4)]
 
     async def one(pool: DatabasePool[FakeConnection]) -> None:
         async with pool.acquire(timeout=5) as connection:
@@ -122,7 +128,7 @@ def test_a_burst_over_many_databases_never_opens_more_than_the_budget() -> None:
 def test_a_waiter_times_out_saying_it_waited_for_a_connection() -> None:
     server = Server()
     budget = budget_with(1)
-    pool = budget.pool("db", 10, server.connector("db"))
+    pool = server.pool(budget, "db")
 
     async def scenario() -> str:
         held = await pool.acquire(timeout=1)
@@ -143,7 +149,7 @@ def test_a_waiter_times_out_saying_it_waited_for_a_connection() -> None:
 def test_a_returned_connection_goes_to_a_waiter_of_its_own_database() -> None:
     server = Server()
     budget = budget_with(1)
-    pool = budget.pool("db", 10, server.connector("db"))
+    pool = server.pool(budget, "db")
 
     async def scenario() -> None:
         first = await pool.acquire(timeout=1)
@@ -160,8 +166,8 @@ def test_a_busy_database_cannot_keep_a_waiting_one_out_past_the_patience() -> No
     clock = Clock()
     server = Server()
     budget = budget_with(1, clock)
-    busy = budget.pool("busy", 10, server.connector("busy"))
-    quiet = budget.pool("quiet", 10, server.connector("quiet"))
+    busy = server.pool(budget, "busy")
+    quiet = server.pool(budget, "quiet")
     served: list[str] = []
 
     async def scenario() -> None:
@@ -183,8 +189,8 @@ def test_within_the_patience_a_connection_stays_with_its_database() -> None:
     clock = Clock()
     server = Server()
     budget = budget_with(1, clock)
-    busy = budget.pool("busy", 10, server.connector("busy"))
-    quiet = budget.pool("quiet", 10, server.connector("quiet"))
+    busy = server.pool(budget, "busy")
+    quiet = server.pool(budget, "quiet")
     served: list[str] = []
 
     async def scenario() -> None:
@@ -207,8 +213,8 @@ def test_a_connection_never_moves_to_a_database_that_holds_more() -> None:
     clock = Clock()
     server = Server()
     budget = budget_with(2, clock)
-    first = budget.pool("first", 10, server.connector("first"))
-    second = budget.pool("second", 10, server.connector("second"))
+    first = server.pool(budget, "first")
+    second = server.pool(budget, "second")
     served: list[str] = []
 
     async def scenario() -> None:
@@ -239,9 +245,9 @@ def test_a_database_holds_no_more_than_its_cap(limit: int, pool_size: int, datab
     # other's first fetches never need a connection moved (a new session each).
     server = Server()
     budget = budget_with(limit)
-    busy = budget.pool("busy", pool_size, server.connector("busy"))
+    busy = server.pool(budget, "busy", pool_size)
     for k in range(databases - 1):
-        budget.pool(f"quiet_{k}", pool_size, server.connector(f"quiet_{k}"))
+        server.pool(budget, f"quiet_{k}", pool_size)
 
     async def scenario() -> None:
         held = [await busy.acquire(timeout=1), await busy.acquire(timeout=1)]
@@ -258,9 +264,9 @@ def test_an_idle_connection_of_another_database_makes_room() -> None:
     clock = Clock()
     server = Server()
     budget = budget_with(2, clock)
-    first = budget.pool("first", 10, server.connector("first"))
-    second = budget.pool("second", 10, server.connector("second"))
-    other = budget.pool("other", 10, server.connector("other"))
+    first = server.pool(budget, "first")
+    second = server.pool(budget, "second")
+    other = server.pool(budget, "other")
 
     async def scenario() -> None:
         a = await first.acquire(timeout=1)
@@ -282,8 +288,8 @@ def test_an_idle_connection_of_another_database_makes_room() -> None:
 def test_a_broken_connection_frees_its_place_for_a_waiter() -> None:
     server = Server()
     budget = budget_with(1)
-    first = budget.pool("first", 10, server.connector("first"))
-    second = budget.pool("second", 10, server.connector("second"))
+    first = server.pool(budget, "first")
+    second = server.pool(budget, "second")
 
     async def scenario() -> None:
         held = await first.acquire(timeout=1)
@@ -300,7 +306,7 @@ def test_a_broken_connection_frees_its_place_for_a_waiter() -> None:
 def test_a_failed_connect_frees_its_place() -> None:
     server = Server()
     budget = budget_with(1)
-    pool = budget.pool("db", 10, server.connector("db"))
+    pool = server.pool(budget, "db")
 
     async def scenario() -> None:
         server.fail_next = True
@@ -316,7 +322,7 @@ def test_a_failed_connect_frees_its_place() -> None:
 def test_a_grant_to_a_caller_that_gave_up_passes_to_the_next() -> None:
     server = Server()
     budget = budget_with(1)
-    pool = budget.pool("db", 10, server.connector("db"))
+    pool = server.pool(budget, "db")
 
     async def scenario() -> None:
         held = await pool.acquire(timeout=1)
@@ -340,7 +346,7 @@ def test_idle_connections_close_after_the_idle_timeout() -> None:
     clock = Clock()
     server = Server()
     budget = budget_with(4, clock)
-    pool = budget.pool("db", 10, server.connector("db"))
+    pool = server.pool(budget, "db")
 
     async def scenario() -> None:
         connections = [await pool.acquire(timeout=1) for _ in range(3)]

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Executable, Result, Select, event, text
+from sqlalchemy import Executable, Result, Select, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from service.core import IdRanges, Row, Window
+from service.core import Row, Window
 from service.sources.base import (
     DriverSource,
     ReadAhead,
@@ -34,7 +34,7 @@ from service.sources.mysql.session import (
     is_stale,
     kill_query,
 )
-from service.sources.postgres.orm import WindowStatements, lowest_in_statement, mapped_row_class
+from service.sources.postgres.orm import MappedTableSource
 
 #: Makes a new session (an ``async_sessionmaker``); a session is its own context manager.
 SessionFactory = Callable[[], AsyncSession]
@@ -63,7 +63,7 @@ def abandoned_thread() -> int | None:
     return None if task is None else _THREADS.pop(task, None)
 
 
-class MySqlOrmSource(DriverSource):
+class MySqlOrmSource(MappedTableSource):
     """Reads one table through the ORM: a select of the mapped columns, in an AsyncSession."""
 
     def __init__(
@@ -75,26 +75,12 @@ class MySqlOrmSource(DriverSource):
         bridge: AsyncioBridge,
         secrets: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(name, bridge, secrets, stale=is_stale)
-        self._model = mapped_row_class(table)
-        self._sessions = sessions
+        super().__init__(name, table, sessions, bridge, secrets, stale=is_stale)
         self._spec = spec
-        self._statements = WindowStatements(self._model)
 
     def open_stream(self, window: Window, batch_size: int) -> MySqlOrmStream:
         """The ORM query over ``window`` on an unbuffered cursor (started on the first batch)."""
         return MySqlOrmStream(self, self._sessions, self._spec, self._statement(window), batch_size)
-
-    async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
-        return checked_rows(await self._execute(self._statement(window)))
-
-    async def _ping_on_asyncio(self) -> None:
-        await self._execute(text("SELECT 1"))
-
-    async def _lowest_in_on_asyncio(self, ranges: IdRanges) -> int | None:
-        found = (await self._execute(lowest_in_statement(self._model, ranges))).all()
-        values = [int(row[0]) for row in found if row[0] is not None]
-        return min(values, default=None)
 
     async def _execute(self, statement: Executable) -> Result[Any]:
         return await bounded(self._spec, self._execute_unbounded(statement))
@@ -116,9 +102,6 @@ class MySqlOrmSource(DriverSource):
                 if is_stale(exc):
                     await session.invalidate()
                 raise
-
-    def _statement(self, window: Window) -> Select[int, str | None]:
-        return self._statements.columns_for(window)
 
 
 def create_engine(spec: SessionSpec, size: int) -> AsyncEngine:

@@ -79,34 +79,16 @@ def lowest_in_statement(model: type[RowColumns], ranges: IdRanges) -> Any:
     return per_range[0] if len(per_range) == 1 else union_all(*per_range)
 
 
-class WindowStatements:
-    """The select of a mapped class's columns for a window, the unbounded one built once.
+class MappedTableSource(DriverSource):
+    """What the ORM sources of both engines share, over an engine's own ``_execute``.
 
-    Building a statement costs more than running it on a warm connection, and the
-    unbounded window is every plain /collect-data; both engines' ORM sources use this.
-    """
-
-    def __init__(self, model: type[RowColumns]) -> None:
-        self._model = model
-        self._everything: Select[int, str | None] | None = None
-
-    def columns_for(self, window: Window) -> Select[int, str | None]:
-        """The mapped columns in ``window``, in id order, bounds pushed down."""
-        if window == _EVERYTHING and self._everything is not None:
-            return self._everything
-        model = self._model
-        statement = window_statement(model, window).with_only_columns(model.id, model.name)
-        if window == _EVERYTHING:
-            self._everything = statement
-        return statement
-
-
-class OrmSource(DriverSource):
-    """Reads one table through the ORM: a select on the mapped class, in an AsyncSession.
-
+    The mapped class, its statements, and the reads built on ``_execute``, which
+    each engine bounds in its own way.
     The select names the mapped columns rather than the entity: the rows are
     served as they are, so building an identity-mapped object per row (a few
-    microseconds each) would only be thrown away.
+    microseconds each) would only be thrown away. Building a statement costs more
+    than running it on a warm connection, and the unbounded window is every plain
+    /collect-data, so that one is built once.
     """
 
     def __init__(
@@ -116,15 +98,12 @@ class OrmSource(DriverSource):
         sessions: SessionFactory,
         bridge: AsyncioBridge,
         secrets: tuple[str, ...] = (),
+        stale: Callable[[BaseException], bool] = is_stale,
     ) -> None:
-        super().__init__(name, bridge, secrets)
+        super().__init__(name, bridge, secrets, stale)
         self._model = mapped_row_class(table)
         self._sessions = sessions
-        self._statements = WindowStatements(self._model)
-
-    def open_stream(self, window: Window, batch_size: int) -> OrmStream:
-        """A streamed ORM query over ``window`` (started on the first batch)."""
-        return OrmStream(self, self._sessions, self._statement(window), batch_size)
+        self._everything: Select[int, str | None] | None = None
 
     async def _ping_on_asyncio(self) -> None:
         await self._execute(text("SELECT 1"))
@@ -136,6 +115,27 @@ class OrmSource(DriverSource):
 
     async def _fetch_on_asyncio(self, window: Window) -> list[Row]:
         return checked_rows(await self._execute(self._statement(window)))
+
+    async def _execute(self, statement: Executable) -> Result[Any]:
+        raise NotImplementedError
+
+    def _statement(self, window: Window) -> Select[int, str | None]:
+        """The mapped columns in ``window``, in id order, bounds pushed down."""
+        if window == _EVERYTHING and self._everything is not None:
+            return self._everything
+        model = self._model
+        statement = window_statement(model, window).with_only_columns(model.id, model.name)
+        if window == _EVERYTHING:
+            self._everything = statement
+        return statement
+
+
+class OrmSource(MappedTableSource):
+    """Reads one table through the ORM: a select on the mapped class, in an AsyncSession."""
+
+    def open_stream(self, window: Window, batch_size: int) -> OrmStream:
+        """A streamed ORM query over ``window`` (started on the first batch)."""
+        return OrmStream(self, self._sessions, self._statement(window), batch_size)
 
     async def _execute(self, statement: Executable) -> Result[Any]:
         """Execute in a new session, invalidating its connection if it turns out stale.
@@ -150,9 +150,6 @@ class OrmSource(DriverSource):
                 if is_stale(exc):
                     await session.invalidate()
                 raise
-
-    def _statement(self, window: Window) -> Select[int, str | None]:
-        return self._statements.columns_for(window)
 
 
 class PooledAsyncpgDialect(PGDialect_asyncpg):
